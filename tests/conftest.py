@@ -1,0 +1,38 @@
+"""Shared test helpers. The test command runs from the repository root:
+
+    python -m pytest -c tests/pytest.ini --rootdir=.
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The test command allows the loudly labelled stand-in for OpenAI's GPT-2 weights
+# (see README, "Pretrained weights"). Notebook kernels inherit this environment.
+os.environ.setdefault("LLMS_STANDIN_WEIGHTS", "1")
+
+
+def import_path(relpath, name=None):
+    """Import a script of a chapter folder (e.g. "ch02/bpe_from_scratch.py") as a module.
+
+    The folder's own generated previous_chapters.py is the one the script sees, even when
+    several folders' scripts are imported in one test session.
+    """
+    path = ROOT / relpath
+    folder = str(path.parent)
+    name = name or f"{path.parent.name}_{path.stem}".replace("-", "_")
+    saved = sys.modules.pop("previous_chapters", None)
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop("previous_chapters", None)
+        if saved is not None:
+            sys.modules["previous_chapters"] = saved
+    return module
