@@ -1,0 +1,219 @@
+"""The chapter 4 GPT model with a key/value (KV) cache for fast text generation.
+
+Without a cache, every generation step runs the model over the whole context again, although
+only the newest token is new. The keys and values of the earlier tokens do not change between
+steps (each token only attends to itself and earlier tokens), so we can keep them ("cache" them)
+and run the model over just the newest token.
+
+Only what the cache changes is new here: the attention (it stores keys and values), the
+transformer block and the model (they pass `use_cache` down and track the position of the next
+token), and `generate_text_simple`. LayerNorm, FeedForward and the attention's parameters are the
+chapter's own, so a state_dict of the chapter's GPTModel loads into this GPTModel unchanged.
+
+What happens at the context length: the model has `context_length` absolute position embeddings.
+Once the text is longer than the generation window (`context_size`), the plain generator feeds
+only the last `context_size` tokens, so every token's position shifts by one at each step and all
+cached keys and values become stale. To stay token-for-token identical to the plain generator,
+`generate_text_simple(..., use_cache=True)` then rebuilds the cache from the last `context_size`
+tokens at every step (no speed-up beyond that point, but exact results). Calling the model directly
+with `use_cache=True` past the context length raises a ValueError naming both lengths.
+
+Run as a script to generate from a prompt with the (random or loaded) 124M model:
+
+    python ch04/gpt_with_kv_cache.py --prompt "Hello, I am" --max-new-tokens 20
+    python ch04/gpt_with_kv_cache.py --no-cache --checkpoint model.pth
+"""
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+from previous_chapters import GPT_CONFIG_124M, FeedForward, LayerNorm, MultiHeadAttention
+
+
+class MultiHeadAttentionWithCache(MultiHeadAttention):
+    """The chapter's MultiHeadAttention (same parameters and mask) plus a key/value cache."""
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.reset_cache()
+
+    def reset_cache(self):
+        self.cache_k, self.cache_v = None, None
+
+    def forward(self, x, use_cache=False):
+        b, num_tokens, d_in = x.shape
+        context_length = self.mask.shape[0]
+        past = self.cache_k.shape[2] if (use_cache and self.cache_k is not None) else 0
+        if past and self.cache_k.shape[0] != b:
+            raise ValueError(f"the cache holds a batch of {self.cache_k.shape[0]} sequences but the input has {b}; "
+                             "call reset_kv_cache() before starting new sequences")
+        if past + num_tokens > context_length:
+            raise ValueError(f"{past} cached + {num_tokens} new tokens exceed context_length {context_length}")
+        queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        if use_cache:
+            if self.cache_k is not None:
+                keys = torch.cat([self.cache_k, keys], dim=2)      # (b, heads, past + new, head_dim)
+                values = torch.cat([self.cache_v, values], dim=2)
+            self.cache_k, self.cache_v = keys, values
+        attn_scores = queries @ keys.transpose(2, 3)               # (b, heads, new, past + new)
+        # query i sits at absolute position past + i and may see keys 0 .. past + i
+        mask_bool = self.mask[past:past + num_tokens, :past + num_tokens].bool()
+        attn_scores.masked_fill_(mask_bool, -torch.inf)
+        attn_weights = torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)
+        attn_weights = self.dropout(attn_weights)
+        context = (attn_weights @ values).transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
+        return self.out_proj(context)
+
+
+class TransformerBlock(nn.Module):
+    """The chapter's transformer block; `use_cache` is passed on to the attention."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttentionWithCache(
+            d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
+            dropout=cfg["drop_rate"], num_heads=cfg["n_heads"], qkv_bias=cfg["qkv_bias"])
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x, use_cache=False):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache=use_cache))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    """The chapter's GPTModel (same parameter names) with a KV cache.
+
+    model(idx) behaves exactly like the chapter's model. model(idx, use_cache=True) appends the
+    keys and values of idx to the cache and places idx at positions current_pos, current_pos + 1, ...
+    Call reset_kv_cache() before starting a new sequence.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.current_pos = 0  # number of tokens in the cache = position of the next token
+
+    def reset_kv_cache(self):
+        self.current_pos = 0
+        for block in self.trf_blocks:
+            block.att.reset_cache()
+
+    def kv_cache_bytes(self):
+        """Memory held by the cached keys and values, in bytes."""
+        return sum(t.numel() * t.element_size() for block in self.trf_blocks
+                   for t in (block.att.cache_k, block.att.cache_v) if t is not None)
+
+    def forward(self, in_idx, use_cache=False):
+        if in_idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
+        batch_size, seq_len = in_idx.shape
+        vocab_size, context_length = self.tok_emb.num_embeddings, self.pos_emb.num_embeddings
+        start = self.current_pos if use_cache else 0
+        if start + seq_len > context_length:
+            if use_cache:
+                raise ValueError(f"the KV cache holds {start} tokens; {seq_len} more would make "
+                                 f"{start + seq_len}, beyond context_length {context_length}. "
+                                 "Call reset_kv_cache() and feed at most the last context_length tokens")
+            raise ValueError(f"input has {seq_len} tokens but context_length is {context_length}; "
+                             f"keep only the last {context_length} tokens (generate_text_simple does this)")
+        if in_idx.numel() > 0:
+            lo, hi = in_idx.min().item(), in_idx.max().item()
+            if lo < 0 or hi >= vocab_size:
+                raise ValueError(f"token ids must lie in [0, {vocab_size}), got values from {lo} to {hi}")
+        pos = torch.arange(start, start + seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
+        for block in self.trf_blocks:
+            x = block(x, use_cache=use_cache)
+        if use_cache:
+            self.current_pos += seq_len
+        return self.out_head(self.final_norm(x))  # (batch, seq_len, vocab_size)
+
+
+def generate_text_simple(model, idx, max_new_tokens, context_size, use_cache=True):
+    """Greedy decoding, token for token the same as the chapter's generate_text_simple.
+
+    With use_cache=True the prompt (its last context_size tokens) is processed once, then each
+    step feeds only the newest token. When the text outgrows context_size, the window slides: every
+    position shifts, so the cache is rebuilt from the last context_size tokens at each such step.
+    """
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must have shape (batch, n_tokens) with n_tokens >= 1, got {tuple(idx.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    context_length = model.pos_emb.num_embeddings
+    if not 1 <= context_size <= context_length:
+        raise ValueError(f"context_size must lie in [1, {context_length}] (the model's context_length), "
+                         f"got {context_size}")
+    if max_new_tokens == 0:
+        return idx
+    with torch.no_grad():
+        if not use_cache:
+            for _ in range(max_new_tokens):
+                logits = model(idx[:, -context_size:])[:, -1, :]
+                idx = torch.cat((idx, torch.argmax(logits, dim=-1, keepdim=True)), dim=1)
+            return idx
+        model.reset_kv_cache()
+        logits = model(idx[:, -context_size:], use_cache=True)[:, -1, :]  # "prefill" the cache
+        for step in range(max_new_tokens):
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if step == max_new_tokens - 1:
+                break
+            if model.current_pos < context_size:  # room left: feed only the new token
+                logits = model(idx_next, use_cache=True)[:, -1, :]
+            else:                                  # window slides: positions shift, rebuild
+                model.reset_kv_cache()
+                logits = model(idx[:, -context_size:], use_cache=True)[:, -1, :]
+    model.reset_kv_cache()  # free the cache's memory
+    return idx
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", default="Hello, I am")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--context-size", type=int, default=GPT_CONFIG_124M["context_length"])
+    parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
+    parser.add_argument("--checkpoint", help="a state_dict of the chapter's GPTModel (124M config) to load")
+    parser.add_argument("--seed", type=int, default=123, help="seed for the random weights")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not 1 <= args.context_size <= GPT_CONFIG_124M["context_length"]:
+        parser.error(f"--context-size must lie in [1, {GPT_CONFIG_124M['context_length']}], got {args.context_size}")
+
+    import tiktoken
+    tokenizer = tiktoken.get_encoding("gpt2")
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        parser.error("--prompt must not be empty")
+    torch.manual_seed(args.seed)
+    model = GPTModel(GPT_CONFIG_124M)
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    model.eval()
+    start = time.perf_counter()
+    out = generate_text_simple(model, torch.tensor([ids]), args.max_new_tokens, args.context_size,
+                               use_cache=not args.no_cache)
+    seconds = time.perf_counter() - start
+    print(tokenizer.decode(out[0].tolist()))
+    print(f"{args.max_new_tokens} tokens {'without' if args.no_cache else 'with'} the KV cache "
+          f"took {seconds:.2f} s ({args.max_new_tokens / seconds:.1f} tokens/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
