@@ -1,0 +1,114 @@
+"""Benchmark the causal multi-head attention implementations of efficient_attention.py.
+
+Each implementation is loaded with the same weights as the chapter's MultiHeadAttention
+(dropout off) and timed on the same random input: the forward pass (inference: eval mode, under torch.no_grad)
+and a forward+backward pass in training mode (gradients w.r.t. input and weights). Each measurement is the median
+of --repeats runs after --warmup untimed runs. Times are printed together with their ratio to
+the chapter's version (below 1 = faster), and the fastest implementation is named.
+
+    python ch03/bench_attention.py                          # batch 8 x 1,024 tokens x 768 dims, 12 heads
+    python ch03/bench_attention.py --tokens 256 --repeats 3 # quicker
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from efficient_attention import IMPLEMENTATIONS, from_chapter
+from previous_chapters import MultiHeadAttention
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--emb-dim", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS),
+                        help="implementations to time (the chapter's is always included as the reference)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    for name in ("batch", "tokens", "emb_dim", "heads", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be at least 0, got {args.warmup}")
+    if args.emb_dim % args.heads:
+        parser.error(f"--emb-dim ({args.emb_dim}) must be divisible by --heads ({args.heads})")
+    return args
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats, warmup, device):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_one(module, x, repeats, warmup, device):
+    def forward():  # inference: eval mode, no autograd (lets nn.MultiheadAttention use its fast path)
+        module.eval()
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():  # training step without the optimizer
+        module.train()
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).sum().backward()
+
+    fwd = median_time(forward, repeats, warmup, device)
+    x.requires_grad_(True)
+    fwd_bwd = median_time(forward_backward, repeats, warmup, device)
+    x.requires_grad_(False)
+    x.grad = None
+    return fwd, fwd_bwd
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(123)
+    chapter = MultiHeadAttention(args.emb_dim, args.emb_dim, args.tokens, 0.0, args.heads).to(device)
+    x = torch.randn(args.batch, args.tokens, args.emb_dim, device=device)
+    names = ["chapter"] + [n for n in args.only if n != "chapter"]
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
+          f"batch {args.batch} x {args.tokens} tokens x {args.emb_dim} dims, {args.heads} heads; "
+          f"median of {args.repeats} after {args.warmup} warm-up")
+    results = {}
+    for name in names:
+        module = from_chapter(IMPLEMENTATIONS[name], chapter).to(device)
+        results[name] = bench_one(module, x, args.repeats, args.warmup, device)
+        del module
+    base_f, base_fb = results["chapter"]
+    print(f"{'implementation':<12} {'forward':>10} {'ratio':>7} {'fwd+bwd':>10} {'ratio':>7}")
+    for name, (f, fb) in results.items():
+        print(f"{name:<12} {f * 1e3:8.1f} ms {f / base_f:7.2f} {fb * 1e3:8.1f} ms {fb / base_fb:7.2f}")
+    fastest_f = min(results, key=lambda n: results[n][0])
+    fastest_fb = min(results, key=lambda n: results[n][1])
+    print(f"fastest forward: {fastest_f} ({base_f / results[fastest_f][0]:.2f}x the chapter's speed)")
+    print(f"fastest forward+backward: {fastest_fb} ({base_fb / results[fastest_fb][1]:.2f}x the chapter's speed)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
