@@ -1,0 +1,169 @@
+"""Train appendix A's toy network with DistributedDataParallel (DDP), one process per device.
+
+Launch it with torchrun, which starts the processes and tells each its rank:
+
+    torchrun --nproc_per_node=2 appendix-A/DDP-script.py
+
+With CUDA GPUs each process drives one GPU and the processes talk through the "nccl"
+backend; without GPUs (or with --device cpu) they run on the CPU and use "gloo". Every rank
+prints its training loss each epoch; rank 0 prints the final train and test accuracy.
+Started as a plain script (python appendix-A/DDP-script.py) it trains in a single process
+(world size 1) and says so.
+
+The network, the toy data and the accuracy helper come from appendix-A.ipynb through the
+generated previous_chapters.py.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from previous_chapters import NeuralNetwork, ToyDataset, compute_accuracy, make_toy_data
+
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training data (default 3)")
+    parser.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=2, help="examples per batch and process (default 2)")
+    parser.add_argument("--seed", type=int, default=123, help="random seed, the same on every rank (default 123)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: one CUDA GPU per process if CUDA is available, else the CPU")
+    return parser.parse_args(argv)
+
+
+def validate(args, world_size, num_train):
+    """Raise ValueError, naming the numbers, if the arguments cannot train anything."""
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    per_rank = math.ceil(num_train / world_size)
+    if args.batch_size > per_rank:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is larger than the {per_rank} training examples per process "
+            f"({num_train} examples over {world_size} process(es)); with drop_last no batch would remain")
+
+
+def distributed_env(env=None):
+    """(rank, local_rank, world_size, launched_by_torchrun) from torchrun's environment variables."""
+    env = os.environ if env is None else env
+    present = [k for k in TORCHRUN_VARS if k in env]
+    if not present:
+        return 0, 0, 1, False
+    if len(present) < len(TORCHRUN_VARS):
+        missing = [k for k in TORCHRUN_VARS if k not in env]
+        raise ValueError(f"found {', '.join(present)} but not {', '.join(missing)} in the environment; "
+                         "launch with torchrun, or unset them to run as a single process")
+    rank, local_rank, world_size = (int(env[k]) for k in TORCHRUN_VARS)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
+    return rank, local_rank, world_size, True
+
+
+def choose_device(requested, local_rank, local_world_size):
+    """The device of this process and the matching backend: (torch.device, "nccl" or "gloo")."""
+    cuda = torch.cuda.is_available()
+    if requested == "cuda" and not cuda:
+        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu")
+    if requested == "cpu" or not cuda:
+        return torch.device("cpu"), "gloo"
+    num_gpus = torch.cuda.device_count()
+    if local_world_size > num_gpus:
+        raise ValueError(f"{local_world_size} processes on this machine but only {num_gpus} CUDA GPU(s); "
+                         f"use --nproc_per_node={num_gpus} or --device cpu")
+    return torch.device("cuda", local_rank), "nccl"
+
+
+def log(rank, message):
+    # one write per line, so lines of ranks printing at the same time do not interleave
+    sys.stdout.write(f"[rank {rank}] {message}\n")
+    sys.stdout.flush()
+
+
+def checksum(model):
+    """The sum of all parameters: equal on every rank if the model copies are in sync."""
+    return sum(p.detach().double().sum().item() for p in model.parameters())
+
+
+def train(args, rank, world_size, device):
+    """Train with DDP in this process; return a dict of what it measured."""
+    X_train, y_train, X_test, y_test = make_toy_data()
+    train_ds, test_ds = ToyDataset(X_train, y_train), ToyDataset(X_test, y_test)
+    validate(args, world_size, len(train_ds))
+
+    # Each rank gets its own shard of every epoch's shuffled indices.
+    sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
+    loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                        pin_memory=device.type == "cuda")
+
+    torch.manual_seed(args.seed)  # DDP also copies rank 0's initial weights to every rank
+    model = NeuralNetwork(num_inputs=2, num_outputs=2).to(device)
+    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(ddp_model.parameters(), lr=args.lr)
+
+    losses = []
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)  # a different shuffle (and so different shards) each epoch
+        ddp_model.train()
+        total, batches = 0.0, 0
+        for features, labels in loader:
+            features, labels = features.to(device), labels.to(device)
+            loss = F.cross_entropy(ddp_model(features), labels)
+            optimizer.zero_grad()
+            loss.backward()  # DDP averages the gradients over all ranks here
+            optimizer.step()
+            total += loss.item()
+            batches += 1
+        losses.append(total / batches)
+        log(rank, f"epoch {epoch + 1}/{args.epochs} | examples {sorted(sampler)} | "
+                  f"batches {batches} | train loss {losses[-1]:.4f}")
+
+    result = {"rank": rank, "world_size": world_size, "losses": losses, "checksum": checksum(model)}
+    log(rank, f"weights checksum {result['checksum']:.6f}")
+    dist.barrier()
+    if rank == 0:  # the weights are the same everywhere, so one rank evaluates
+        result["train_accuracy"] = compute_accuracy(model, DataLoader(train_ds, batch_size=4), device)
+        result["test_accuracy"] = compute_accuracy(model, DataLoader(test_ds, batch_size=4), device)
+        log(rank, f"train accuracy {result['train_accuracy']:.4f} | test accuracy {result['test_accuracy']:.4f}")
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, local_rank, world_size, by_torchrun = distributed_env()
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    device, backend = choose_device(args.device, local_rank, local_world_size)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    if by_torchrun:
+        # torchrun set MASTER_ADDR and MASTER_PORT, where the processes meet
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    else:
+        print("note: not launched by torchrun, so this runs as a single process (world size 1). "
+              "For two processes: torchrun --nproc_per_node=2 appendix-A/DDP-script.py", flush=True)
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        log(rank, f"world size {world_size} | backend {backend} | device {device}")
+        return train(args, rank, world_size, device)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
