@@ -3,7 +3,7 @@
 Each implementation is loaded with the same weights as the chapter's MultiHeadAttention
 (dropout off) and timed on the same random input: the forward pass (inference: eval mode, under torch.no_grad)
 and a forward+backward pass in training mode (gradients w.r.t. input and weights). Each measurement is the median
-of --repeats runs after --warmup untimed runs. Times are printed together with their ratio to
+of --repeats runs (round-robin over the implementations) after --warmup untimed runs of each. Times are printed together with their ratio to
 the chapter's version (below 1 = faster), and the fastest implementation is named.
 
     python ch03/bench_attention.py                          # batch 8 x 1,024 tokens x 768 dims, 12 heads
@@ -48,37 +48,50 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, repeats, warmup, device):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_once(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
 
 
-def bench_one(module, x, repeats, warmup, device):
-    def forward():  # inference: eval mode, no autograd (lets nn.MultiheadAttention use its fast path)
+def make_steps(module, x):
+    """The two timed operations for one module: inference forward and a training forward+backward."""
+    def forward():  # eval mode, no autograd (lets nn.MultiheadAttention take its fast path)
         module.eval()
         with torch.no_grad():
             module(x)
 
-    def forward_backward():  # training step without the optimizer
+    def forward_backward():  # a training step without the optimizer
         module.train()
         module.zero_grad(set_to_none=True)
         x.grad = None
-        module(x).sum().backward()
+        module(x.requires_grad_(True)).sum().backward()
+        x.requires_grad_(False)
 
-    fwd = median_time(forward, repeats, warmup, device)
-    x.requires_grad_(True)
-    fwd_bwd = median_time(forward_backward, repeats, warmup, device)
-    x.requires_grad_(False)
-    x.grad = None
-    return fwd, fwd_bwd
+    return forward, forward_backward
+
+
+def benchmark(modules, x, repeats, warmup, device):
+    """Median seconds per implementation for forward and forward+backward.
+
+    Every implementation is warmed up first; the timed runs then go round-robin over the
+    implementations, so a burst of load from other processes hits all of them alike.
+    """
+    steps = {name: make_steps(module, x) for name, module in modules.items()}
+    results = {}
+    for kind in (0, 1):  # 0: forward, 1: forward+backward
+        for _ in range(warmup):
+            for name in steps:
+                steps[name][kind]()
+        times = {name: [] for name in steps}
+        for _ in range(repeats):
+            for name in steps:
+                times[name].append(time_once(steps[name][kind], device))
+        for name in steps:
+            results.setdefault(name, []).append(statistics.median(times[name]))
+    return {name: tuple(v) for name, v in results.items()}
 
 
 def main(argv=None):
@@ -93,11 +106,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
           f"batch {args.batch} x {args.tokens} tokens x {args.emb_dim} dims, {args.heads} heads; "
           f"median of {args.repeats} after {args.warmup} warm-up")
-    results = {}
-    for name in names:
-        module = from_chapter(IMPLEMENTATIONS[name], chapter).to(device)
-        results[name] = bench_one(module, x, args.repeats, args.warmup, device)
-        del module
+    modules = {name: from_chapter(IMPLEMENTATIONS[name], chapter).to(device) for name in names}
+    results = benchmark(modules, x, args.repeats, args.warmup, device)
     base_f, base_fb = results["chapter"]
     print(f"{'implementation':<12} {'forward':>10} {'ratio':>7} {'fwd+bwd':>10} {'ratio':>7}")
     for name, (f, fb) in results.items():
