@@ -101,7 +101,6 @@ def train(args, rank, world_size, device):
     """Train with DDP in this process; return a dict of what it measured."""
     X_train, y_train, X_test, y_test = make_toy_data()
     train_ds, test_ds = ToyDataset(X_train, y_train), ToyDataset(X_test, y_test)
-    validate(args, world_size, len(train_ds))
 
     # Each rank gets its own shard of every epoch's shuffled indices.
     sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
@@ -143,6 +142,7 @@ def train(args, rank, world_size, device):
 def main(argv=None):
     args = parse_args(argv)
     rank, local_rank, world_size, by_torchrun = distributed_env()
+    validate(args, world_size, num_train=len(make_toy_data()[0]))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     device, backend = choose_device(args.device, local_rank, local_world_size)
     if device.type == "cuda":
