@@ -148,6 +148,16 @@ def _merge_long(piece, ranks):
     return parts
 
 
+def _check_vocab(vocab):
+    """Raise ValueError unless `vocab` (a list of bytes) has unique tokens covering all 256 bytes."""
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("the vocabulary holds the same byte string twice")
+    missing = set(range(256)) - {t[0] for t in vocab if len(t) == 1}
+    if missing:
+        raise ValueError(f"the vocabulary lacks single-byte tokens for {len(missing)} byte values, "
+                         f"e.g. {min(missing)}; every byte needs its own token")
+
+
 class BPETokenizer:
     """Byte-level BPE tokenizer: `train` one, or load GPT-2's with `from_gpt2_files`."""
 
@@ -160,12 +170,7 @@ class BPETokenizer:
     # ------------------------------------------------------------------ vocabulary
     def _set_vocab(self, vocab, merges, special_tokens):
         """vocab: list of bytes (index = id); merges: [(a, b, new)]; special_tokens: str -> id."""
-        if len(set(vocab)) != len(vocab):
-            raise ValueError("the vocabulary holds the same byte string twice")
-        missing = set(range(256)) - {t[0] for t in vocab if len(t) == 1}
-        if missing:
-            raise ValueError(f"the vocabulary lacks single-byte tokens for {len(missing)} byte values, "
-                             f"e.g. {min(missing)}; every byte needs its own token")
+        _check_vocab(vocab)
         for name, i in special_tokens.items():
             if not len(vocab) <= i < len(vocab) + len(special_tokens):
                 raise ValueError(f"special token {name!r} has id {i}; special ids must come after "
@@ -387,14 +392,17 @@ class BPETokenizer:
             raise ValueError(f"{Path(path).name} is not a saved BPETokenizer (no \"format\": \"{FORMAT}\")")
         if data.get("version") != 1:
             raise ValueError(f"{Path(path).name} has format version {data.get('version')}; this code reads version 1")
-        vocab = [str_to_token(s) for s in data["vocab"]]
+        vocab = [str_to_token(s) for s in data.get("vocab", [])]
+        _check_vocab(vocab)
         merges = data.get("merges", [])
         for m in merges:
             if len(m) != 3 or not all(isinstance(i, int) and 0 <= i < len(vocab) for i in m):
                 raise ValueError(f"bad merge {m!r}: expected [left_id, right_id, new_id] with ids below {len(vocab)}")
-        self.pattern = data["pattern"]
-        self._pat = regex.compile(self.pattern)
+        if not isinstance(data.get("pattern"), str):
+            raise ValueError(f"{Path(path).name} has no \"pattern\" string")
+        compiled = regex.compile(data["pattern"])
         self._set_vocab(vocab, merges, data.get("special_tokens", {}))
+        self.pattern, self._pat = data["pattern"], compiled
         return self
 
     @classmethod
