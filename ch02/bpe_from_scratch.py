@@ -184,11 +184,8 @@ class BPETokenizer:
         self._decoder = self.vocab + [None] * len(special_tokens)
         for name, i in special_tokens.items():
             self._decoder[i] = name.encode("utf-8")
-        self._special_pattern = None
-        if special_tokens:
-            alternatives = sorted(special_tokens, key=len, reverse=True)
-            self._special_pattern = regex.compile("|".join(regex.escape(s) for s in alternatives))
-        self._cache = {}
+        self._cache = {}           # piece (str) -> tuple of ids
+        self._special_patterns = {}  # frozenset of allowed special tokens -> compiled regex
 
     @property
     def n_vocab(self):
@@ -229,7 +226,6 @@ class BPETokenizer:
             ids = cache_get(piece)
             if ids is None:
                 ids = self._encode_piece(piece)
-                cache_get = self._cache.get  # the cache may have been replaced when full
             extend(ids)
         return out
 
@@ -258,7 +254,11 @@ class BPETokenizer:
                     f"disallowed_special=() to encode it as ordinary text.")
         if not allowed:
             return self.encode_ordinary(text)
-        pattern = regex.compile("|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)))
+        key = frozenset(allowed)
+        pattern = self._special_patterns.get(key)
+        if pattern is None:  # longest first, so a special token that contains another one wins
+            alternatives = sorted(allowed, key=lambda s: (-len(s), s))
+            pattern = self._special_patterns[key] = regex.compile("|".join(map(regex.escape, alternatives)))
         out, start = [], 0
         for match in pattern.finditer(text):
             out += self.encode_ordinary(text[start:match.start()])

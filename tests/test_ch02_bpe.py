@@ -346,3 +346,23 @@ def test_cli_encode_with_saved_tokenizer(tmp_path, capsys):
     bpe.main(["encode", "the cat", "--tokenizer", str(path)])
     out = capsys.readouterr().out
     assert "ids:" in out and "tokens:" in out
+
+
+def test_cli_train_and_bad_input(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text(TRAIN_TEXT, encoding="utf-8")
+    bpe.main(["train", str(src), "300", str(tmp_path / "out.json")])
+    assert bpe.BPETokenizer().load(tmp_path / "out.json").n_vocab == 300
+    with pytest.raises(SystemExit):
+        bpe.main(["train", str(tmp_path / "missing.txt"), "300", str(tmp_path / "x.json")])
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_bench_script_runs_on_a_small_text(capsys):
+    local_file("the-verdict.txt"), local_file("encoder.json"), local_file("vocab.bpe")
+    bench = import_path("ch02/bench_bpe.py")
+    bench.main(["--mb", "0.05", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "bpe_from_scratch:" in out and "tiktoken gpt2:" in out and "faster than" in out
+    with pytest.raises(SystemExit):
+        bench.main(["--mb", "-1"])
