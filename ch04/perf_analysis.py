@@ -1,0 +1,162 @@
+"""How close does one training step of the 124M GPT model come to the CPU's matmul speed?
+
+Times one training step (forward, cross-entropy loss, backward, AdamW update) of the chapter's
+GPTModel with the 124M configuration at batch 2 x 256 tokens, for the chapter's from-scratch
+attention and for the option that uses F.scaled_dot_product_attention ("use_sdpa": True). In the
+same run, between the steps, it times a plain float32 matrix multiply, the best case for this CPU.
+It reports tokens per second, the achieved FLOP/s and that as a fraction of the matmul rate.
+
+FLOPs of a step: a matrix multiply with an n-parameter weight matrix costs 2n FLOPs per token
+forward and 4n backward, so 6 x parameters x tokens, plus the attention scores and weighted sums
+(4 x tokens x seq_len x emb_dim per layer forward, x3 with backward). Following the usual
+convention the first count uses all parameters. The token and position embeddings are lookups,
+not multiplies, so the script also prints the stricter count without them.
+
+    python ch04/perf_analysis.py                    # both attention variants, 3 timed steps each
+    python ch04/perf_analysis.py --variants sdpa --steps 2
+
+Timings depend on the machine and on its load (the script prints the load average).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from previous_chapters import GPT_CONFIG_124M, GPTModel
+
+VARIANTS = {"chapter": False, "sdpa": True}  # name -> cfg["use_sdpa"]
+
+
+def step_flops(cfg, n_params, batch_size, seq_len):
+    """FLOPs of one forward + backward pass: 6 * params * tokens + attention."""
+    tokens = batch_size * seq_len
+    attention = 3 * 4 * cfg["n_layers"] * tokens * seq_len * cfg["emb_dim"]
+    return 6 * n_params * tokens + attention
+
+
+def embedding_params(model):
+    return model.tok_emb.weight.numel() + model.pos_emb.weight.numel()
+
+
+def matmul_rate(a, b, out, reps=5):
+    """FLOP/s of a square float32 matrix multiply (median of `reps` calls)."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / statistics.median(times)
+
+
+def train_step(model, optimizer, inputs, targets):
+    """One optimizer step; returns the loss and the seconds of forward, backward and update."""
+    t0 = time.perf_counter()
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return loss.item(), (t1 - t0, t2 - t1, t3 - t2)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up step)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n reference matmul")
+    parser.add_argument("--no-fused-adamw", action="store_true", help="use AdamW's default (unfused) update")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    ctx = GPT_CONFIG_124M["context_length"]
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 1 <= args.seq_len <= ctx:
+        parser.error(f"--seq-len must lie in [1, {ctx}] (the context length), got {args.seq_len}")
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.matmul_size < 64:
+        parser.error(f"--matmul-size must be at least 64, got {args.matmul_size}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = GPT_CONFIG_124M
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+    torch.manual_seed(123)
+    inputs = torch.randint(0, cfg["vocab_size"], (args.batch_size, args.seq_len))
+    targets = torch.randint(0, cfg["vocab_size"], (args.batch_size, args.seq_len))
+    n = args.matmul_size
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+
+    runs = {}
+    state = None
+    for name in args.variants:
+        torch.manual_seed(123)
+        model = GPTModel({**cfg, "use_sdpa": VARIANTS[name]})
+        if state is None:
+            state = model.state_dict()
+        else:
+            model.load_state_dict(state)  # same weights for every variant
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1,
+                                      fused=not args.no_fused_adamw)
+        train_step(model, optimizer, inputs, targets)  # warm-up: allocates gradients and optimizer state
+        runs[name] = {"model": model, "optimizer": optimizer, "steps": []}
+
+    # alternate matmul and training steps so that load changes hit all measurements alike
+    matmul_rates = [matmul_rate(a, b, out)]
+    for _ in range(args.steps):
+        for name, run in runs.items():
+            loss, parts = train_step(run["model"], run["optimizer"], inputs, targets)
+            run["steps"].append(parts)
+            run["loss"] = loss
+            matmul_rates.append(matmul_rate(a, b, out))
+    peak = statistics.median(matmul_rates)
+
+    any_model = next(iter(runs.values()))["model"]
+    n_params = sum(p.numel() for p in any_model.parameters())
+    n_matmul = n_params - embedding_params(any_model)
+    flops = step_flops(cfg, n_params, args.batch_size, args.seq_len)
+    flops_strict = step_flops(cfg, n_matmul, args.batch_size, args.seq_len)
+    tokens = args.batch_size * args.seq_len
+
+    print(f"\nreference: {n}x{n} float32 matmul, median of {len(matmul_rates)} measurements: "
+          f"{peak / 1e9:.1f} GFLOP/s (range {min(matmul_rates) / 1e9:.1f} to {max(matmul_rates) / 1e9:.1f})")
+    print(f"training step: 124M config, batch {args.batch_size} x {args.seq_len} tokens, float32, "
+          f"AdamW ({'unfused' if args.no_fused_adamw else 'fused'}), dropout {cfg['drop_rate']}")
+    print(f"FLOPs per step: {flops / 1e9:.1f} G (6 x {n_params / 1e6:.1f}M params x {tokens} tokens + attention); "
+          f"{flops_strict / 1e9:.1f} G without the {(n_params - n_matmul) / 1e6:.1f}M embedding params")
+    for name, run in runs.items():
+        totals = [sum(p) for p in run["steps"]]
+        i = totals.index(statistics.median_low(totals))
+        fwd, bwd, upd = run["steps"][i]
+        step = totals[i]
+        achieved = flops / step
+        print(f"\n[{name} attention] median step {step:.2f} s "
+              f"(forward {fwd:.2f} s, backward {bwd:.2f} s, AdamW {upd:.2f} s), last loss {run['loss']:.3f}")
+        print(f"  {tokens / step:8.1f} tokens/s")
+        print(f"  {achieved / 1e9:8.1f} GFLOP/s = {achieved / peak:6.1%} of the matmul rate "
+              f"(stricter count: {flops_strict / step / 1e9:.1f} GFLOP/s = {flops_strict / step / peak:.1%})")
+        print(f"  all steps: " + ", ".join(f"{t:.2f} s" for t in totals))
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
