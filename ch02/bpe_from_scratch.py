@@ -47,6 +47,7 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 ENDOFTEXT = "<|endoftext|>"
 FORMAT = "bpe-from-scratch"
 _LONG_PIECE = 64        # pieces with more bytes than this are merged with a heap
+_NO_RANK = float("inf")  # rank of a pair that is not in the vocabulary
 _CACHE_LIMIT = 200_000  # the per-piece cache is emptied when it grows past this many entries
 
 
@@ -91,20 +92,20 @@ def _merge_short(piece, ranks):
     """Merge the bytes of `piece` (a bytes object): lowest-rank pair first, leftmost on ties."""
     parts = [piece[i:i + 1] for i in range(len(piece))]
     get = ranks.get
-    pair_ranks = [get(a + b) for a, b in zip(parts, parts[1:])]
-    while True:
-        best, best_i = None, -1
-        for i, r in enumerate(pair_ranks):
-            if r is not None and (best is None or r < best):
-                best, best_i = r, i
-        if best is None:
-            return parts
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-        del pair_ranks[best_i]
-        if best_i > 0:
-            pair_ranks[best_i - 1] = get(parts[best_i - 1] + parts[best_i])
-        if best_i < len(parts) - 1:
-            pair_ranks[best_i] = get(parts[best_i] + parts[best_i + 1])
+    none = _NO_RANK
+    pair_ranks = [get(a + b, none) for a, b in zip(parts, parts[1:])]  # rank of each neighbour pair
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == none:
+            break
+        i = pair_ranks.index(best)  # the leftmost pair with the lowest rank
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i > 0:  # only the pairs next to the merged token changed
+            pair_ranks[i - 1] = get(parts[i - 1] + parts[i], none)
+        if i < len(parts) - 1:
+            pair_ranks[i] = get(parts[i] + parts[i + 1], none)
+    return parts
 
 
 def _merge_long(piece, ranks):
