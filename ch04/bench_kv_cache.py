@@ -10,7 +10,9 @@ that both produce the same tokens, and prints the memory the cache holds at the 
     python ch04/bench_kv_cache.py --max-new-tokens 50 --repeats 1
 
 Throughput depends on the CPU and on whatever else runs on the machine: compare the ratio, not
-the absolute numbers, and note the load average the script prints.
+the absolute numbers, and note the load average the script prints. When other programs keep some
+cores busy, PyTorch's threads wait for each other at every operation, which hurts the many small
+operations of cached generation most; try --threads 1 there.
 """
 import argparse
 import os

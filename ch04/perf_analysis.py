@@ -14,8 +14,13 @@ not multiplies, so the script also prints the stricter count without them.
 
     python ch04/perf_analysis.py                    # both attention variants, 3 timed steps each
     python ch04/perf_analysis.py --variants sdpa --steps 2
+    python ch04/perf_analysis.py --threads 1        # on a machine other programs keep busy
+    python ch04/perf_analysis.py --drop-rate 0      # lets SDPA use its fused CPU kernel
 
-Timings depend on the machine and on its load (the script prints the load average).
+Timings depend on the machine and on its load (the script prints the load average). When other
+programs keep some cores busy, PyTorch's threads wait for each other at every operation, and
+small element-wise operations slow down several-fold; fewer threads (--threads) can then be
+faster. Compare the fraction of the matmul rate, which the script measures under the same load.
 """
 import argparse
 import os
@@ -73,6 +78,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up step)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n reference matmul")
+    parser.add_argument("--drop-rate", type=float, default=GPT_CONFIG_124M["drop_rate"],
+                        help="dropout rate (the 124M config's 0.1 by default; on CPU, SDPA uses its fused "
+                             "kernel only without attention dropout)")
     parser.add_argument("--no-fused-adamw", action="store_true", help="use AdamW's default (unfused) update")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -87,6 +95,8 @@ def parse_args(argv=None):
         parser.error(f"--matmul-size must be at least 64, got {args.matmul_size}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if not 0.0 <= args.drop_rate < 1.0:
+        parser.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
     return args
 
 
@@ -94,7 +104,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = GPT_CONFIG_124M
+    cfg = {**GPT_CONFIG_124M, "drop_rate": args.drop_rate}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
@@ -110,7 +120,7 @@ def main(argv=None):
         torch.manual_seed(123)
         model = GPTModel({**cfg, "use_sdpa": VARIANTS[name]})
         if state is None:
-            state = model.state_dict()
+            state = {k: v.clone() for k, v in model.state_dict().items()}  # a copy: training changes the model
         else:
             model.load_state_dict(state)  # same weights for every variant
         model.train()
