@@ -8,9 +8,9 @@
 The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
 validates it. The output folder receives model_and_optimizer.pth (model, optimizer, configuration
 and progress: continue with --resume), loss.png and samples.txt. It runs on CUDA, Apple's MPS or
-the CPU. Under torchrun every process trains on its own share of the batches (a distributed
-sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU); only the first process
-prints, plots and saves.
+the CPU. Ctrl+C stops a single-process run early and still saves. Under torchrun every process
+trains on its own share of the batches (a distributed sampler) with DistributedDataParallel (nccl
+on CUDA, gloo on the CPU); only the first process prints, plots and saves.
 """
 import argparse
 import os
@@ -200,29 +200,13 @@ def main(argv=None):
         log(f"model {args.model_size}: {sum(p.numel() for p in raw_model.parameters()):,} parameters | "
             f"device {device.type} | processes {world_size} | training batches per process {len(train_loader)}")
         samples, start = [], time.time()
-        for epoch in range(state["epoch"], args.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}",
-                                                  disable=args.no_progress or not main_process):
-                optimizer.zero_grad()
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
-                loss.backward()
-                optimizer.step()
-                state["tokens_seen"] += input_batch.numel() * world_size
-                state["global_step"] += 1
-                if state["global_step"] % args.eval_freq == 0:
-                    train_loss, val_loss = evaluate(raw_model, train_loader, val_loader, device,
-                                                    args.eval_iter, world_size)
-                    state["train_losses"].append(train_loss)
-                    state["val_losses"].append(val_loss)
-                    state["track_tokens_seen"].append(state["tokens_seen"])
-                    log(f"Ep {epoch + 1} (step {state['global_step']:06d}): "
-                        f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-            state["epoch"] = epoch + 1
-            if main_process:
-                samples.append(f"epoch {epoch + 1}: {sample(raw_model, tokenizer, device, args.start_context)}")
-                log(samples[-1])
+        try:
+            train_epochs(args, model, raw_model, optimizer, train_loader, val_loader, sampler, tokenizer,
+                         device, state, samples, world_size, main_process, log)
+        except KeyboardInterrupt:
+            if world_size > 1:
+                raise
+            log(f"interrupted: saving the weights; --resume repeats epoch {state['epoch'] + 1}")
         log(f"training took {(time.time() - start) / 60:.2f} min")
         if main_process:
             save_outputs(args, config, raw_model, optimizer, state, samples, world_size)
@@ -230,6 +214,34 @@ def main(argv=None):
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def train_epochs(args, model, raw_model, optimizer, train_loader, val_loader, sampler, tokenizer,
+                 device, state, samples, world_size, main_process, log):
+    """The training loop; updates `state` (progress and losses) and `samples` in place."""
+    for epoch in range(state["epoch"], args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}",
+                                              disable=args.no_progress or not main_process):
+            optimizer.zero_grad()
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            state["tokens_seen"] += input_batch.numel() * world_size
+            state["global_step"] += 1
+            if state["global_step"] % args.eval_freq == 0:
+                train_loss, val_loss = evaluate(raw_model, train_loader, val_loader, device,
+                                                args.eval_iter, world_size)
+                state["train_losses"].append(train_loss)
+                state["val_losses"].append(val_loss)
+                state["track_tokens_seen"].append(state["tokens_seen"])
+                log(f"Ep {epoch + 1} (step {state['global_step']:06d}): "
+                    f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+        state["epoch"] = epoch + 1
+        if main_process:
+            samples.append(f"epoch {epoch + 1}: {sample(raw_model, tokenizer, device, args.start_context)}")
+            log(samples[-1])
 
 
 def save_outputs(args, config, model, optimizer, state, samples, world_size):
