@@ -20,7 +20,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from previous_chapters import (GPT2_SIZES, GPTModel, check_model_size, generate, gpt2_config,
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_model_size, generate, gpt2_config,
                                load_gpt2_from_dir, load_gpt2_params_or_standin, load_hf_safetensors_into_gpt,
                                load_weights_into_gpt, text_to_token_ids, token_ids_to_text)
 
@@ -80,12 +80,13 @@ def load_model(args):
         return model, f"Hugging Face weights from {args.safetensors.name}"
     if args.weights_dir is not None and (args.weights_dir / "hparams.json").is_file():
         settings, params = load_gpt2_from_dir(args.weights_dir)
-        standin = False
+        description = f"OpenAI GPT-2 weights from {args.weights_dir.name}"
     else:
         settings, params, standin = load_gpt2_params_or_standin(args.model_size, args.weights_dir)
+        description = "STAND-IN weights (not GPT-2)" if standin else f"OpenAI GPT-2 {args.model_size} weights"
     model = GPTModel(gpt2_config(settings))
     load_weights_into_gpt(model, params)
-    return model, "STAND-IN weights (not GPT-2)" if standin else f"OpenAI GPT-2 {args.model_size} weights"
+    return model, description
 
 
 def main(argv=None):
@@ -108,5 +109,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ValueError as exc:
+    except (ValueError, DownloadError) as exc:
         sys.exit(f"error: {exc}")

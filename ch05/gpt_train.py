@@ -28,7 +28,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from previous_chapters import (GPT2_SIZES, GPTDatasetV1, GPTModel, calc_loss_batch,  # noqa: E402
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, calc_loss_batch,  # noqa: E402
                                calc_loss_loader, download_file, generate_text_simple, plot_losses,
                                text_to_token_ids, token_ids_to_text)
 
@@ -264,5 +264,5 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ValueError as exc:
+    except (ValueError, DownloadError) as exc:
         sys.exit(f"error: {exc}")

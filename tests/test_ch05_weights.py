@@ -273,3 +273,18 @@ def test_gpt_download_script_reads_a_models_folder(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         gd.main(["--model-size", "100M"])
     assert "valid sizes: 124M, 355M, 774M, 1558M" in capsys.readouterr().err
+
+
+def test_gpt_generate_with_openai_weights_dir_matches_reference_greedy_decoding(tf_dir, capsys):
+    import tiktoken
+
+    gen = import_path("ch05/gpt_generate.py", name="ch05_gpt_generate_weights")
+    tokenizer = tiktoken.get_encoding("gpt2")
+    ids = tokenizer.encode("1+1")
+    assert max(ids) < VOCAB
+    for _ in range(4):  # greedy decoding with the numpy reference
+        ids.append(int(reference_logits(RAW, np.array([ids]))[0, -1].argmax()))
+    assert gen.main(["--weights-dir", str(tf_dir), "--prompt", "1+1", "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == tokenizer.decode(ids).strip()
+    assert "OpenAI GPT-2 weights from 124M" in captured.err
