@@ -183,7 +183,8 @@ def main(argv=None):
         config = model_config(args)
         torch.manual_seed(args.seed)
         model = GPTModel(config).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
         state = {"epoch": 0, "global_step": -1, "tokens_seen": 0,
                  "train_losses": [], "val_losses": [], "track_tokens_seen": []}
         if args.resume is not None:
