@@ -1,6 +1,7 @@
 # Generated from the cells tagged "export" in ch01/ch01.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
+import torch
 import hashlib
 import http.client
 import os
@@ -16,6 +17,15 @@ from tqdm import tqdm
 
 
 # ---- from ch01/ch01.ipynb ----
+
+def pick_device():
+    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
 
 @dataclass(frozen=True)
 class RemoteFile:

@@ -1,6 +1,7 @@
 # Generated from the cells tagged "export" in ch01/ch01.ipynb, ch02/ch02.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
+import torch
 import hashlib
 import http.client
 import os
@@ -14,11 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
 import tiktoken
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 
 # ---- from ch01/ch01.ipynb ----
+
+def pick_device():
+    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
 
 @dataclass(frozen=True)
 class RemoteFile:

@@ -22,7 +22,8 @@ import torch
 
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_model_size, generate, gpt2_config,
                                load_gpt2_from_dir, load_gpt2_params_or_standin, load_hf_safetensors_into_gpt,
-                               load_weights_into_gpt, text_to_token_ids, token_ids_to_text)
+                               load_weights_into_gpt, text_to_token_ids, token_ids_to_text,
+                               pick_device)
 
 
 def parse_args(argv=None):
@@ -91,9 +92,7 @@ def load_model(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(args.device)
+    device = pick_device() if args.device == "auto" else torch.device(args.device)
     model, description = load_model(args)
     model.to(device).eval()
     print(f"[{description}; {sum(p.numel() for p in model.parameters()):,} parameters]", file=sys.stderr)

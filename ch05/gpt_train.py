@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, calc_loss_batch,  # noqa: E402
                                calc_loss_loader, download_file, generate_text_simple, plot_losses,
-                               text_to_token_ids, token_ids_to_text)
+                               text_to_token_ids, token_ids_to_text, pick_device)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -81,7 +81,7 @@ def model_config(args):
 
 def pick_device(name, local_rank):
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = pick_device().type
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was requested, but CUDA is not available")
