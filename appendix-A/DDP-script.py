@@ -130,7 +130,7 @@ def train(args, rank, world_size, device):
                   f"batches {batches} | train loss {losses[-1]:.4f}")
 
     result = {"rank": rank, "world_size": world_size, "losses": losses, "checksum": checksum(model)}
-    log(rank, f"weights checksum {result['checksum']:.6f}")
+    log(rank, f"weights checksum {result['checksum']:.4f}")
     dist.barrier()
     if rank == 0:  # the weights are the same everywhere, so one rank evaluates
         result["train_accuracy"] = compute_accuracy(model, DataLoader(train_ds, batch_size=4), device)

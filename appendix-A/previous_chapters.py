@@ -1,8 +1,186 @@
-# Generated from the cells tagged "export" in appendix-A/appendix-A.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, appendix-A/appendix-A.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
+import os
 import torch
+import hashlib
+import http.client
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from tqdm import tqdm
 from torch.utils.data import Dataset
+
+
+# ---- from ch01/ch01.ipynb ----
+
+def pick_device():
+    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU.
+
+    Setting LLMS_DEVICE to cpu, cuda or mps overrides the choice. The test command sets
+    LLMS_DEVICE=cpu so that every stored output means the same on every machine.
+    """
+    forced = os.environ.get("LLMS_DEVICE")
+    if forced:
+        if forced not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {forced!r}")
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str                # file name in the cache and in a mirror folder
+    urls: tuple              # primary URL first, then backups
+    sha256: str = None       # of the content we use (for a zip: of `member`)
+    size: int = None         # in bytes; checked when no sha256 is known
+    member: str = None       # for a zip archive: the file inside it that we keep
+
+
+_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+_BOOK_CDN = "https://cdn.jsdelivr.net/gh/rasbt/LLMs-from-scratch@main/"
+_OPENAI = "https://openaipublic.blob.core.windows.net/gpt-2/"
+
+KNOWN_FILES = {f.name: f for f in [
+    RemoteFile("the-verdict.txt",
+               (_BOOK + "ch02/01_main-chapter-code/the-verdict.txt",
+                _BOOK_CDN + "ch02/01_main-chapter-code/the-verdict.txt"),
+               sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"),
+    RemoteFile("sms+spam+collection.zip",
+               ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+                "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip"),
+               sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+               member="SMSSpamCollection"),
+    RemoteFile("instruction-data.json",
+               (_BOOK + "ch07/01_main-chapter-code/instruction-data.json",
+                _BOOK_CDN + "ch07/01_main-chapter-code/instruction-data.json"),
+               sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"),
+    RemoteFile("encoder.json", (_OPENAI + "models/124M/encoder.json", _OPENAI + "encodings/main/encoder.json"),
+               sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    RemoteFile("vocab.bpe", (_OPENAI + "models/124M/vocab.bpe", _OPENAI + "encodings/main/vocab.bpe"),
+               sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+]}
+
+
+class DownloadError(RuntimeError):
+    """Every source of a file failed; the message says what was tried and what to do."""
+
+
+def cache_dir():
+    return Path(os.environ.get("LLMS_CACHE") or Path.home() / ".cache" / "llms-from-scratch")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check(path, remote):
+    """None if the file at `path` is what `remote` promises, else why it is not."""
+    if remote.sha256 is not None:
+        got = _sha256(path)
+        return None if got == remote.sha256 else f"checksum mismatch (sha256 {got[:12]}…, expected {remote.sha256[:12]}…)"
+    if remote.size is not None and path.stat().st_size != remote.size:
+        return f"size mismatch ({path.stat().st_size} bytes, expected {remote.size})"
+    return None
+
+
+def _fetch(url, out, timeout, progress, label):
+    """Stream `url` into the open binary file `out`."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        total = response.headers.get("Content-Length")
+        total = int(total) if total else None
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise ConnectionError(f"truncated download: got {received} of {total} bytes")
+
+
+def _install(candidate, remote, target):
+    """Verify `candidate` (the downloaded file) and atomically move what we keep to `target`."""
+    if remote.member is not None:
+        try:
+            with zipfile.ZipFile(candidate) as zf, zf.open(remote.member) as src:
+                member = candidate.with_name(candidate.name + ".member")
+                with open(member, "wb") as dst:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        dst.write(chunk)
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"not a zip holding {remote.member!r} ({exc})") from None
+        os.replace(member, candidate)
+    problem = _check(candidate, remote)
+    if problem:
+        raise ValueError(problem)
+    os.replace(candidate, target)
+
+
+def _attempt(source, remote, target, timeout, progress):
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{remote.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(source, Path):
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                _fetch(source, out, timeout, progress, remote.name)
+        _install(Path(tmp), remote, target)
+    finally:
+        for leftover in (Path(tmp), Path(tmp + ".member")):
+            leftover.unlink(missing_ok=True)
+
+
+def _is_transient(exc):
+    """Worth retrying: server errors, dropped or refused connections, timeouts."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500
+    return isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException))
+
+
+def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, progress=True):
+    """Return the path of a verified local copy of `file` (a RemoteFile or a KNOWN_FILES name)."""
+    if isinstance(file, str):
+        if file not in KNOWN_FILES:
+            raise ValueError(f"unknown file {file!r}; known files: {', '.join(KNOWN_FILES)}")
+        file = KNOWN_FILES[file]
+    target = (Path(dest_dir) if dest_dir is not None else cache_dir()) / (file.member or file.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and _check(target, file) is None:
+        return target
+    mirror = os.environ.get("LLMS_MIRROR")
+    failures = []
+    for source in ([Path(mirror) / file.name] if mirror else []) + list(file.urls):
+        attempts = 1 if isinstance(source, Path) else max(1, retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                _attempt(source, file, target, timeout, progress)
+                return target
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                if attempt == attempts or not _is_transient(exc):
+                    failures.append(f"  - {'mirror ' if isinstance(source, Path) else ''}{source}: {exc} "
+                                    f"(attempt {attempt} of {attempts})")
+                    break
+                time.sleep(backoff * 2 ** (attempt - 1))
+    raise DownloadError(
+        f"could not download {file.name!r}. Tried:\n" + "\n".join(failures)
+        + f"\nDownload it by hand from one of the URLs above and save it as {target}"
+        + (f" (the member {file.member!r} of the zip)" if file.member else "")
+        + ",\nor set LLMS_MIRROR to a folder that holds it.")
 
 
 # ---- from appendix-A/appendix-A.ipynb ----

@@ -1,10 +1,10 @@
 # Generated from the cells tagged "export" in ch01/ch01.ipynb, ch02/ch02.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
+import os
 import torch
 import hashlib
 import http.client
-import os
 import shutil
 import tempfile
 import time
@@ -21,7 +21,16 @@ from torch.utils.data import DataLoader, Dataset
 # ---- from ch01/ch01.ipynb ----
 
 def pick_device():
-    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU."""
+    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU.
+
+    Setting LLMS_DEVICE to cpu, cuda or mps overrides the choice. The test command sets
+    LLMS_DEVICE=cpu so that every stored output means the same on every machine.
+    """
+    forced = os.environ.get("LLMS_DEVICE")
+    if forced:
+        if forced not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {forced!r}")
+        return torch.device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -163,7 +163,7 @@ def main(argv=None):
         print(f"  {tokens / step:8.1f} tokens/s")
         print(f"  {achieved / 1e9:8.1f} GFLOP/s = {achieved / peak:6.1%} of the matmul rate "
               f"(stricter count: {flops_strict / step / 1e9:.1f} GFLOP/s = {flops_strict / step / peak:.1%})")
-        print(f"  all steps: " + ", ".join(f"{t:.2f} s" for t in totals))
+        print("  all steps: " + ", ".join(f"{t:.2f} s" for t in totals))
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     return 0
 

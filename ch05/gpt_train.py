@@ -18,17 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import tiktoken
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # files only, no window
-
-import tiktoken  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, calc_loss_batch,  # noqa: E402
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, calc_loss_batch,
                                calc_loss_loader, download_file, generate_text_simple, plot_losses,
                                text_to_token_ids, token_ids_to_text, pick_device)
 
@@ -79,7 +75,8 @@ def model_config(args):
             "drop_rate": args.drop_rate, "qkv_bias": False}
 
 
-def pick_device(name, local_rank):
+def resolve_device(name, local_rank):
+    """The torch.device for --device NAME in the process with this local rank."""
     if name == "auto":
         name = pick_device().type
     if name == "cuda":
@@ -170,7 +167,7 @@ def main(argv=None):
     args = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(args.device, local_rank)
+    device = resolve_device(args.device, local_rank)
     if world_size > 1:
         if device.type == "mps":
             raise ValueError("DistributedDataParallel does not support MPS; use --device cpu")
@@ -253,6 +250,8 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
                 "model_size": args.model_size, "world_size": world_size, **state}, path)
     print(f"saved checkpoint: {path}")
     if state["train_losses"]:
+        import matplotlib
+        matplotlib.use("Agg")  # files only, no window
         epochs = torch.linspace(0, state["epoch"], len(state["train_losses"]))
         fig = plot_losses(epochs, state["track_tokens_seen"], state["train_losses"], state["val_losses"])
         fig.savefig(out / "loss.png", dpi=120)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The test command allows the loudly labelled stand-in for OpenAI's GPT-2 weights
-# (see README, "Pretrained weights"). Notebook kernels inherit this environment.
-os.environ.setdefault("LLMS_STANDIN_WEIGHTS", "1")
+# tests/hermetic.py (loaded by the test command through tests/pytest.ini) pins the stand-in
+# weights and the CPU. Check it ran, so a differently started pytest fails loudly, not subtly.
+assert os.environ.get("LLMS_STANDIN_WEIGHTS") == "force" and os.environ.get("LLMS_DEVICE") == "cpu", (
+    "run the tests with: python -m pytest -c tests/pytest.ini --rootdir=.")
 
 
 def import_path(relpath, name=None):

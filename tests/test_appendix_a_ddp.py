@@ -18,7 +18,7 @@ SCRIPT = ROOT / "appendix-A" / "DDP-script.py"
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 EPOCH = re.compile(r"^\[rank (\d)\] epoch (\d+)/\d+ \| examples \[([\d, ]+)\] \| batches (\d+) \| train loss (\d+\.\d{4})$")
-CHECKSUM = re.compile(r"^\[rank (\d)\] weights checksum (-?\d+\.\d{6})$")
+CHECKSUM = re.compile(r"^\[rank (\d)\] weights checksum (-?\d+\.\d{4})$")
 ACCURACY = re.compile(r"^\[rank (\d)\] train accuracy (\d\.\d{4}) \| test accuracy (\d\.\d{4})$")
 
 

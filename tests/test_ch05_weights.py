@@ -253,6 +253,34 @@ def test_standin_only_when_allowed_and_weights_missing(tmp_path, monkeypatch, ca
     assert "STAND-IN" not in capsys.readouterr().out
 
 
+def test_force_never_reads_checkpoint_files_even_when_a_mirror_has_them(tmp_path, monkeypatch, capsys):
+    """Under the test command (LLMS_STANDIN_WEIGHTS=force) GPT-2's files are never read or copied."""
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    for name in pc.GPT2_FILES:  # present but unreadable as a checkpoint: reading them would raise
+        (mirror / name).write_text("not a checkpoint")
+    monkeypatch.setenv("LLMS_MIRROR", str(mirror))
+    monkeypatch.setenv("LLMS_CACHE", str(cache))
+    monkeypatch.setenv("LLMS_STANDIN_WEIGHTS", "force")
+    settings, params, standin = pc.load_gpt2_params_or_standin("124M")
+    assert standin and "LLMS_STANDIN_WEIGHTS=force" in capsys.readouterr().out
+    assert not cache.exists() or not any(cache.rglob("*"))  # nothing was fetched from the mirror
+    monkeypatch.setenv("LLMS_STANDIN_WEIGHTS", "1")  # without force, the mirror's files are fetched
+    pc.load_gpt2_params_or_standin("124M")  # (then encoder.json fails its checksum: the stand-in)
+    assert (cache / "gpt2" / "124M" / "hparams.json").read_text() == "not a checkpoint"
+    monkeypatch.setenv("LLMS_STANDIN_WEIGHTS", "yes")
+    with pytest.raises(ValueError, match="LLMS_STANDIN_WEIGHTS must be 1, force or unset"):
+        pc.load_gpt2_params_or_standin("124M")
+
+
+def test_llms_device_overrides_the_device_choice(monkeypatch):
+    monkeypatch.setenv("LLMS_DEVICE", "cpu")
+    assert pc.pick_device() == torch.device("cpu")
+    monkeypatch.setenv("LLMS_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="LLMS_DEVICE must be cpu, cuda or mps"):
+        pc.pick_device()
+
+
 def test_gpt_download_script_reads_a_models_folder(tmp_path, monkeypatch, capsys):
     gd = import_path("ch05/gpt_download.py")
     calls = []

@@ -21,8 +21,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 def load_helper():
     """Execute the exported cells of ch01 (the single source of the helper) as a module."""
     module = types.ModuleType("ch01_download")
-    for src in exported_cells(ROOT / "ch01" / "ch01.ipynb"):
-        exec(compile(src, "ch01/ch01.ipynb", "exec"), module.__dict__)
+    for index, src, _ in exported_cells(ROOT / "ch01" / "ch01.ipynb"):
+        exec(compile(src, f"ch01/ch01.ipynb cell {index}", "exec"), module.__dict__)
     return module
 
 

@@ -1,6 +1,7 @@
 """Generated previous_chapters.py files: up to date, complete, and built the way the README says."""
 import ast
 import json
+import re
 import shutil
 
 import pytest
@@ -25,7 +26,7 @@ def notebook(*cells):
 
 @pytest.fixture
 def toy_repo(tmp_path):
-    """ch01 exports a helper and a class; ch02 redefines the class; ch03's script imports both."""
+    """ch01 exports a helper and a class; ch02 replaces the class on purpose; ch03's script imports both."""
     for folder in ("ch01", "ch02", "ch03"):
         (tmp_path / folder).mkdir()
     (tmp_path / "ch01" / "ch01.ipynb").write_text(json.dumps(notebook(
@@ -34,7 +35,7 @@ def toy_repo(tmp_path):
         ("print('not exported')\n", []),
     )))
     (tmp_path / "ch02" / "ch02.ipynb").write_text(json.dumps(notebook(
-        ("from previous_chapters import helper\nimport math\n\nclass Model:\n    version = 2\n", ["export"]),
+        ("from previous_chapters import helper\nimport math\n\nclass Model:\n    version = 2\n", ["export", "replace"]),
     )))
     (tmp_path / "ch03" / "script.py").write_text("from previous_chapters import helper, Model\n")
     return tmp_path
@@ -52,10 +53,57 @@ def test_generator_output(toy_repo):
     assert "from previous_chapters" not in text      # no self-import
     assert "not exported" not in text
     assert "version = 1" not in text                 # the later chapter's Model wins...
-    assert "ch03/previous_chapters.py: Model from ch02/ch02.ipynb replaces the one from ch01/ch01.ipynb" in messages
+    assert ("ch03/previous_chapters.py: Model from ch02/ch02.ipynb cell 0 replaces the one from "
+            "ch01/ch01.ipynb cell 1") in messages
     namespace = {}
     exec(text, namespace)                            # ...and the file runs
     assert namespace["Model"].version == 2 and namespace["helper"](9) == 3
+
+
+def write_notebook(repo, rel, *cells):
+    path = repo / rel
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(notebook(*cells)))
+
+
+@pytest.mark.parametrize("cells,message", [
+    ([("class Model:\n    version = 2\n", ["export"])],
+     "ch02/ch02.ipynb cell 0: `Model` is already bound by ch01/ch01.ipynb cell 1"),
+    ([("import cmath as math\n", ["export"])],
+     "ch02/ch02.ipynb cell 0: `math` is already bound by ch01/ch01.ipynb cell 0"),
+    ([("x = 1\n", []), ("from __future__ import annotations\n", ["export"])],
+     "ch02/ch02.ipynb cell 1: `from __future__` imports"),
+    ([("a, b = 1, 2\n", ["export"])], "ch02/ch02.ipynb cell 0: an exported cell may bind only one name"),
+    ([("a = b = 1\n", ["export"])], "ch02/ch02.ipynb cell 0: an exported cell may bind only one name"),
+    ([("%timeit 1\n", ["export"])], "ch02/ch02.ipynb cell 0: an exported cell must be plain Python"),
+])
+def test_generator_refuses_what_it_cannot_do_safely(toy_repo, cells, message):
+    write_notebook(toy_repo, "ch02/ch02.ipynb", *cells)
+    with pytest.raises(gen.GeneratorError, match=re.escape(message)):
+        gen.generate_all(toy_repo, report=lambda m: None)
+
+
+def test_same_import_twice_is_fine_and_a_replaced_import_is_dropped(toy_repo):
+    write_notebook(toy_repo, "ch02/ch02.ipynb", ("import math\nfrom math import sqrt\n", ["export"]),
+                   ("import cmath as sqrt\n", ["export", "replace"]))
+    text = gen.generate_all(toy_repo, report=lambda m: None)[toy_repo / "ch03" / GENERATED]
+    assert text.count("import math\n") == 1 and "import cmath as sqrt" in text
+    assert "from math import sqrt" not in text
+
+
+def test_export_tags_in_a_notebook_nobody_reads_are_reported(toy_repo):
+    write_notebook(toy_repo, "ch02/bonus.ipynb", ("def extra():\n    pass\n", ["export"]))
+    with pytest.raises(gen.GeneratorError, match=re.escape("ch02/bonus.ipynb cell 0")):
+        gen.generate_all(toy_repo, report=lambda m: None)
+
+
+def test_check_imports_each_generated_file(tmp_path):
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text("import math\nX = math.pi\n")
+    bad.write_text("X = undefined_name\n")
+    assert gen.import_failures([good]) == ""
+    failures = gen.import_failures([good, bad])
+    assert "bad.py fails to import" in failures and "NameError" in failures and "good.py" not in failures
 
 
 def test_hand_edit_is_caught(toy_repo):
