@@ -2,6 +2,7 @@
 CSV files and writes its outputs, classify.py reads the checkpoint (arguments and standard input),
 and bad input gives one clear error line without a traceback. No downloads."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,17 @@ classify = import_path("ch06/classify.py")
 FINETUNE, CLASSIFY = str(ROOT / "ch06" / "gpt_class_finetune.py"), str(ROOT / "ch06" / "classify.py")
 TINY = ["--model-size", "tiny", "--trainable", "all", "--lr", "2e-3", "--epochs", "3", "--eval-freq", "4",
         "--eval-iter", "2", "--device", "cpu", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the scripts' subprocesses: one thread too
 LINE = re.compile(r"^(spam|ham) (0\.\d{3}|1\.000)  (.+)$")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: more threads only add overhead (and stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_splits(folder, n_train=48, n_val=16, n_test=16):
@@ -35,7 +46,7 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("ch06")
     data, out = write_splits(base / "data"), base / "run"
     result = subprocess.run([sys.executable, FINETUNE, "--data-dir", str(data), "--output-dir", str(out)] + TINY,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "training took" in result.stdout
     return out
@@ -56,14 +67,14 @@ def test_classify_arguments_and_stdin_agree(trained):
     ckpt = str(trained / "classifier.pth")
     messages = ["WIN cash now 99", "see you at lunch 42", "FREE prize call now and more words here"]
     by_args = subprocess.run([sys.executable, CLASSIFY, "--checkpoint", ckpt, "--device", "cpu",
-                              "--batch-size", "2"] + messages, capture_output=True, text=True, timeout=120)
+                              "--batch-size", "2"] + messages, capture_output=True, text=True, env=ENV, timeout=120)
     assert by_args.returncode == 0, by_args.stderr
     lines = by_args.stdout.splitlines()
     assert len(lines) == 3 and all(LINE.match(line) for line in lines), lines
     assert [LINE.match(line).group(3) for line in lines] == messages
     assert [LINE.match(line).group(1) for line in lines][:2] == ["spam", "ham"]
     by_stdin = subprocess.run([sys.executable, CLASSIFY, "--checkpoint", ckpt, "--device", "cpu"],
-                              input="\n".join(messages) + "\n", capture_output=True, text=True, timeout=120)
+                              input="\n".join(messages) + "\n", capture_output=True, text=True, env=ENV, timeout=120)
     assert by_stdin.returncode == 0 and by_stdin.stdout == by_args.stdout   # batches of 8 vs 2: same
 
 
@@ -131,6 +142,6 @@ def test_scripts_fail_without_traceback(tmp_path):
     empty_ckpt = tmp_path / "empty.pth"
     empty_ckpt.write_bytes(b"")
     result = subprocess.run([sys.executable, CLASSIFY, "--checkpoint", str(empty_ckpt), "hi"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: --checkpoint") and len(result.stderr.strip().splitlines()) == 1
