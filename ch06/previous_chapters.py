@@ -986,8 +986,8 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     import matplotlib.pyplot as plt
 
     fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_values, label=f"training {label}")
-    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"validation {label}")
+    ax1.plot(epochs_seen, train_values, marker="o", markersize=3, label=f"training {label}")
+    ax1.plot(epochs_seen, val_values, marker="o", markersize=3, linestyle="-.", label=f"validation {label}")
     ax1.set_xlabel("epochs")
     ax1.set_ylabel(label)
     ax1.legend()
