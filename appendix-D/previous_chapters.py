@@ -794,6 +794,27 @@ def load_pretrained_gpt2(model_size="124M", models_dir=None, drop_rate=0.0):
 
 # ---- from appendix-D/appendix-D.ipynb ----
 
+class CompactTokenizer:
+    """GPT-2's tokenizer with the ids renumbered 0..n-1 over the tokens that occur in `texts`."""
+
+    def __init__(self, texts):
+        self.gpt2 = tiktoken.get_encoding("gpt2")
+        used = {t for text in texts for t in self.gpt2.encode(text, allowed_special={"<|endoftext|>"})}
+        self.gpt2_ids = sorted(used)  # compact id -> GPT-2 id
+        self.compact_ids = {t: i for i, t in enumerate(self.gpt2_ids)}  # GPT-2 id -> compact id
+        self.n_vocab = len(self.gpt2_ids)
+
+    def encode(self, text, allowed_special=frozenset()):
+        ids = self.gpt2.encode(text, allowed_special=allowed_special)
+        unknown = [t for t in ids if t not in self.compact_ids]
+        if unknown:
+            raise ValueError(f"{text!r} has tokens outside the compact vocabulary: {unknown[:5]}")
+        return [self.compact_ids[t] for t in ids]
+
+    def decode(self, ids):
+        return self.gpt2.decode([self.gpt2_ids[i] for i in ids])
+
+
 def check_schedule(total_steps, warmup_steps, initial_lr, peak_lr, min_lr):
     """Raise ValueError unless the arguments describe a warmup + cosine-decay schedule."""
     for name, value in (("initial_lr", initial_lr), ("peak_lr", peak_lr), ("min_lr", min_lr)):
