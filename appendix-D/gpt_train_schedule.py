@@ -1,0 +1,212 @@
+"""Pretrain a GPT with appendix D's loop: learning-rate warmup, cosine decay and gradient clipping.
+
+    python appendix-D/gpt_train_schedule.py                       # as chapter 5: constant lr, no clipping
+    python appendix-D/gpt_train_schedule.py --model-size tiny --epochs 15 --lr 0.001 \\
+        --initial-lr 0.0001 --warmup-ratio 0.2 --min-lr 0.00001 --grad-clip 1.0
+
+The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
+validates it. --lr is the peak learning rate, given to AdamW itself. --warmup-ratio, --min-lr and
+--grad-clip are off by default, which keeps chapter 5's behaviour (the same rate at every step,
+no clipping). The output folder receives model.pth (weights, configuration and the recorded
+losses, learning rates and gradient norms), history.json, loss.png and lr.png. It runs on CUDA,
+Apple's MPS or the CPU. A single process; for data-parallel training see ch05/gpt_train.py.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_schedule, create_dataloader_v1,
+                               download_file, pick_device, plot_losses, plot_lr_schedule, train_model)
+
+MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--text-files", nargs="+", type=Path, default=None,
+                   help="plain-text training files (default: the-verdict.txt via the download helper)")
+    p.add_argument("--model-size", default="124M", help=f"model configuration, one of: {', '.join(MODEL_SIZES)}")
+    p.add_argument("--context-length", type=int, default=256, help="tokens per training window")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW's lr)")
+    p.add_argument("--initial-lr", type=float, default=None,
+                   help="learning rate at step 0 of the warmup (default: a tenth of --lr)")
+    p.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="share of the steps spent warming up from --initial-lr to --lr (0: no warmup)")
+    p.add_argument("--min-lr", type=float, default=None,
+                   help="cosine decay from --lr down to this at the last step (default: no decay)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the gradient norm to this from the end of the warmup on (default: no clipping)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--drop-rate", type=float, default=0.1)
+    p.add_argument("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
+    p.add_argument("--eval-freq", type=int, default=5, help="evaluate every this many steps")
+    p.add_argument("--eval-iter", type=int, default=5, help="batches per loss estimate")
+    p.add_argument("--start-context", default="Every effort moves you", help="prompt of the samples")
+    p.add_argument("--output-dir", type=Path, default=Path("runs/gpt_train_schedule"))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    args = p.parse_args(argv)
+    if args.model_size not in MODEL_SIZES:
+        p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
+    for name in ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "initial_lr", "min_lr", "grad_clip", "warmup_ratio", "weight_decay", "drop_rate", "val_ratio"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    if args.initial_lr is None:
+        args.initial_lr = args.lr / 10
+    if not 0 <= args.initial_lr <= args.lr:
+        p.error(f"--initial-lr must lie between 0 and --lr ({args.lr}), got {args.initial_lr}")
+    if args.min_lr is None:
+        args.min_lr = args.lr  # a "decay" from the peak to the peak: chapter 5's constant rate
+    if args.min_lr < 0:
+        p.error(f"--min-lr must be >= 0, got {args.min_lr}")
+    if args.min_lr > args.lr:
+        p.error(f"--min-lr {args.min_lr} is above the peak --lr {args.lr}; the decay must go down")
+    if not 0 <= args.warmup_ratio < 1:
+        p.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}")
+    if args.grad_clip is not None and args.grad_clip <= 0:
+        p.error(f"--grad-clip must be positive (leave it out for no clipping), got {args.grad_clip}")
+    if not 0 < args.val_ratio < 1:
+        p.error(f"--val-ratio must lie between 0 and 1, got {args.val_ratio}")
+    if not 0 <= args.drop_rate < 1:
+        p.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    return args
+
+
+def resolve_device(name):
+    if name == "auto":
+        return pick_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested, but CUDA is not available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was requested, but MPS is not available")
+    return torch.device(name)
+
+
+def read_text(paths):
+    if paths is None:
+        paths = [download_file("the-verdict.txt")]
+    texts = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"text file not found: {path}")
+        texts.append(Path(path).read_text(encoding="utf-8"))
+    return " <|endoftext|> ".join(texts)
+
+
+def make_loaders(text, args):
+    split = int((1 - args.val_ratio) * len(text))
+    loaders = []
+    for which, part, train in (("training", text[:split], True), ("validation", text[split:], False)):
+        try:
+            loader = create_dataloader_v1(part, batch_size=args.batch_size, max_length=args.context_length,
+                                          stride=args.context_length, shuffle=train, drop_last=train)
+        except ValueError as exc:
+            raise ValueError(f"the {which} split is too short for --context-length {args.context_length}: {exc}") from None
+        if len(loader) == 0:
+            raise ValueError(f"the {which} split gives {len(loader.dataset)} windows, fewer than one batch of "
+                             f"--batch-size {args.batch_size}; use a longer text or a smaller --batch-size")
+        loaders.append(loader)
+    return loaders
+
+
+def warmup_steps_for(args, total_steps):
+    """The warmup length of --warmup-ratio, checked against the run before any training."""
+    warmup_steps = int(args.warmup_ratio * total_steps)
+    try:
+        check_schedule(total_steps, warmup_steps, args.initial_lr, args.lr, args.min_lr)
+    except ValueError as exc:
+        raise ValueError(f"--warmup-ratio {args.warmup_ratio} gives {warmup_steps} warmup steps in a run of "
+                         f"{total_steps} steps (--epochs {args.epochs} x {total_steps // args.epochs} batches): {exc}") from None
+    return warmup_steps
+
+
+def check_writable(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--output-dir {folder} is not writable: {exc}") from None
+
+
+def save_atomic(path, write):
+    """Write through write(temporary_path), then move the file into place in one step."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_outputs(args, config, model, history, warmup_steps):
+    out = args.output_dir
+    save_atomic(out / "model.pth", lambda tmp: torch.save(
+        {"model": model.state_dict(), "config": config, "model_size": args.model_size, **history}, tmp))
+    save_atomic(out / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {"settings": vars(args), "warmup_steps": warmup_steps, **history}, indent=1, default=str), encoding="utf-8"))
+    epochs = torch.linspace(0, args.epochs, len(history["train_losses"]))
+    fig = plot_losses(epochs, history["tokens_seen"], history["train_losses"], history["val_losses"])
+    save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    fig = plot_lr_schedule(history["lrs"], warmup_steps)
+    save_atomic(out / "lr.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    for name in ("model.pth", "history.json", "loss.png", "lr.png"):
+        print(f"saved {out / name}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no window
+    device = resolve_device(args.device)
+    check_writable(args.output_dir)
+    text = read_text(args.text_files)
+    train_loader, val_loader = make_loaders(text, args)
+    total_steps = args.epochs * len(train_loader)
+    warmup_steps = warmup_steps_for(args, total_steps)
+    config = {"vocab_size": 50257, "context_length": args.context_length, **MODEL_SIZES[args.model_size],
+              "drop_rate": args.drop_rate, "qkv_bias": False}
+    torch.manual_seed(args.seed)
+    model = GPTModel(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)  # lr = the peak
+    print(f"model {args.model_size}: {sum(p.numel() for p in model.parameters()):,} parameters | device "
+          f"{device.type} | {total_steps} steps, warmup {warmup_steps} | lr {args.initial_lr:g} -> {args.lr:g} -> "
+          f"{args.min_lr:g} | grad clip {args.grad_clip}")
+    import tiktoken
+    start = time.time()
+    train_losses, val_losses, tokens_seen, lrs, grad_norms = train_model(
+        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq, args.eval_iter,
+        args.start_context, tiktoken.get_encoding("gpt2"), warmup_steps, initial_lr=args.initial_lr,
+        min_lr=args.min_lr, grad_clip=args.grad_clip, progress=not args.no_progress)
+    print(f"training took {(time.time() - start) / 60:.2f} min")
+    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen,
+               "lrs": lrs, "grad_norms": grad_norms}
+    save_outputs(args, config, model, history, warmup_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, DownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
