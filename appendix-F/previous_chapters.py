@@ -1122,3 +1122,22 @@ def train_grpo(policy, train_problems, steps, problems_per_step=16, group_size=8
             if log is not None:
                 log(f"step {step}: mean reward {history[-1][1]:.3f}, held-out greedy accuracy {accuracy:.1%}")
     return history
+
+
+def sample_traces(teacher, problems, digits=5, temperature=0.7, seed=123, batch_size=1000):
+    """Rejection sampling: one completion per problem, kept only if well formed and verified.
+
+    Returns {problem: completion text} for the kept problems.
+    """
+    device = next(teacher.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    n_new = completion_length("cot", digits)
+    traces = {}
+    for i in range(0, len(problems), batch_size):
+        chunk = problems[i: i + batch_size]
+        out, _ = sample_completions(teacher, encode_prompts(chunk, digits, device), n_new, temperature, generator)
+        for p, o in zip(chunk, out.cpu()):
+            text = until_end(o.tolist())
+            if is_well_formed(text) and verify(p, text):
+                traces[p] = text
+    return traces

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPTModel, completion_length, encode_prompts, greedy_accuracy, make_problems,
-                               pick_device, reasoner_config, sample_completions, train_grpo, train_sft,
-                               until_end, verify)
+from previous_chapters import (GPTModel, greedy_accuracy, make_problems, pick_device, reasoner_config,
+                               sample_traces, train_grpo, train_sft)
 
 
 def parse_args(argv=None):
@@ -47,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--kl-coef", type=float, default=0.0, help="GRPO KL penalty to the starting model")
     parser.add_argument("--format-weight", type=float, default=0.1, help="GRPO reward for a well-formed scratchpad")
     parser.add_argument("--n-traces", type=int, default=4000, help="problems the teacher solves for distillation")
+    parser.add_argument("--temperature", type=float, default=0.7, help="the teacher's sampling temperature")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--seed", type=int, default=123, help="seed of the problems, the model and the sampling")
     parser.add_argument("--device", default="auto", help="auto (pick_device()), cpu, cuda, mps, ...")
@@ -63,6 +63,8 @@ def parse_args(argv=None):
         parser.error(f"--emb-dim ({args.emb_dim}) must be divisible by --n-heads ({args.n_heads})")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        parser.error(f"--temperature must be a positive finite number, got {args.temperature}")
     for name in ("kl_coef", "format_weight"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
@@ -104,19 +106,6 @@ def save_checkpoint(path, model, config, digits, method):
             os.remove(tmp)
 
 
-def sample_traces(teacher, problems, digits, seed):
-    """The teacher's completions at temperature 1, kept only where the verifier accepts them."""
-    device = next(teacher.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    traces = {}
-    for i in range(0, len(problems), 1000):
-        chunk = problems[i: i + 1000]
-        out, _ = sample_completions(teacher, encode_prompts(chunk, digits, device), completion_length("cot", digits),
-                                    1.0, generator)
-        traces.update({p: until_end(o.tolist()) for p, o in zip(chunk, out.cpu()) if verify(p, until_end(o.tolist()))})
-    return traces
-
-
 def main(argv=None):
     args, parser = parse_args(argv)
     try:
@@ -147,8 +136,8 @@ def main(argv=None):
             method = args.method
             target = method
             if args.distill_from is not None:
-                traces = sample_traces(base, train_problems[: args.n_traces], digits, args.seed)
-                print(f"teacher {source.name}: {len(traces)} of {args.n_traces} sampled traces verified")
+                traces = sample_traces(base, train_problems[: args.n_traces], digits, args.temperature, args.seed)
+                print(f"teacher {source.name}: {len(traces)} of {args.n_traces} sampled traces well formed and verified")
                 if not traces:
                     raise ValueError(f"the teacher {source} produced no verified trace to learn from")
                 train_problems, target, method = list(traces), traces.__getitem__, "cot"

@@ -155,7 +155,7 @@ def test_script_sft_grpo_distill_end_to_end(tmp_path):
     distill = run("--distill-from", str(ckpt), "--steps", "5", "--n-traces", "200", *TINY[:-4], "--emb-dim", "16",
                   "--n-heads", "2", "--device", "cpu")
     assert distill.returncode == 0, distill.stderr
-    assert "sampled traces verified" in distill.stdout
+    assert "sampled traces well formed and verified" in distill.stdout
 
 
 @pytest.mark.parametrize("args, message", [
