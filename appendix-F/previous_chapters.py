@@ -1,10 +1,10 @@
 # Generated from the cells tagged "export" in ch01/ch01.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, appendix-F/appendix-F.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
+import os
 import torch
 import hashlib
 import http.client
-import os
 import shutil
 import tempfile
 import time
@@ -18,8 +18,6 @@ import tiktoken
 from torch.utils.data import DataLoader, Dataset
 import torch.nn as nn
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import json
 import numpy as np
 import random
@@ -32,7 +30,16 @@ from collections import Counter
 # ---- from ch01/ch01.ipynb ----
 
 def pick_device():
-    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU."""
+    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU.
+
+    Setting LLMS_DEVICE to cpu, cuda or mps overrides the choice. The test command sets
+    LLMS_DEVICE=cpu so that every stored output means the same on every machine.
+    """
+    forced = os.environ.get("LLMS_DEVICE")
+    if forced:
+        if forced not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {forced!r}")
+        return torch.device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -515,6 +522,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, label="loss"):
     """Plot training and validation values against epochs, with tokens seen on a second axis."""
+    import matplotlib.pyplot as plt  # imported here: scripts that never plot need not load it
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, train_losses, label=f"training {label}")
     ax1.plot(epochs_seen, val_losses, linestyle="-.", label=f"validation {label}")
@@ -755,22 +765,29 @@ def standin_gpt2_params(settings=STANDIN_SETTINGS, seed=123):
 def load_gpt2_params_or_standin(model_size="124M", models_dir=None):
     """(settings, params, is_standin): OpenAI's GPT-2 weights, or the labelled stand-in where allowed.
 
-    The stand-in is used only when the download fails AND LLMS_STANDIN_WEIGHTS=1 is set;
-    otherwise the DownloadError propagates. A corrupt local checkpoint always raises.
+    LLMS_STANDIN_WEIGHTS=1 allows the stand-in when the download fails; =force (set by the test
+    command) uses it without trying to download, so tests mean the same on every machine.
+    Unset, a failed download raises the DownloadError. A corrupt local checkpoint always raises.
     """
     check_model_size(model_size)
-    allowed = os.environ.get("LLMS_STANDIN_WEIGHTS") == "1"
-    try:
-        settings, params = download_and_load_gpt2(model_size, models_dir, retries=1 if allowed else 3)
-        return settings, params, False
-    except DownloadError as exc:
-        if not allowed:
-            raise
-        reason = str(exc).splitlines()[0].removesuffix(" Tried:").rstrip(".")
+    mode = os.environ.get("LLMS_STANDIN_WEIGHTS", "")
+    if mode not in ("", "0", "1", "force"):
+        raise ValueError(f"LLMS_STANDIN_WEIGHTS must be 1, force or unset, got {mode!r}")
+    if mode == "force":
+        reason = "LLMS_STANDIN_WEIGHTS=force (set by the test command) skips the download"
+    else:
+        try:
+            settings, params = download_and_load_gpt2(model_size, models_dir, retries=1 if mode == "1" else 3)
+            return settings, params, False
+        except DownloadError as exc:
+            if mode != "1":
+                raise
+            reason = (str(exc).splitlines()[0].removesuffix(" Tried:").rstrip(".")
+                      + ", and LLMS_STANDIN_WEIGHTS=1 allows a substitute")
     s = STANDIN_SETTINGS
     print("!" * 78 + "\n"
           f"!! STAND-IN WEIGHTS: these are NOT OpenAI's GPT-2 {model_size} weights.\n"
-          f"!! Reason: {reason}, and LLMS_STANDIN_WEIGHTS=1 allows a substitute.\n"
+          f"!! Reason: {reason}.\n"
           f"!! Using a small randomly initialised GPT ({s['n_layer']} layers, {s['n_head']} heads, "
           f"width {s['n_embd']}, context {s['n_ctx']}, seed 123)\n"
           "!! with GPT-2's 50,257-token vocabulary. Its text is gibberish and its numbers\n"
