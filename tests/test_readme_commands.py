@@ -1,7 +1,9 @@
 """Every command README.md shows runs as typed: the README's own words, with its default flags.
 
 A command that would run for long gets only size-reducing options appended (never --device or
-anything that changes what its defaults choose). A new command in the README fails
+anything that changes what its defaults choose). The commands run in the README's order in one
+scratch folder (so relative output paths such as runs/ land there, and a command may use what an
+earlier one wrote, as a reader following the README would). A new command in the README fails
 `test_every_readme_command_is_covered` until it is added to COMMANDS below.
 """
 import os
@@ -21,12 +23,19 @@ COMMANDS = {
     "pip install -r requirements.txt": None,                         # .ci/run does this
     "python -m pytest -c tests/pytest.ini --rootdir=.": None,       # this suite
     "jupyter lab": ["--version"],                                    # installed and starts
-    "python ch05/gpt_train.py --model-size tiny --epochs 1": ["--output-dir", "{tmp}/tiny"],
-    "python ch05/gpt_train.py": ["--model-size", "tiny", "--epochs", "1", "--output-dir", "{tmp}/default"],
+    "python ch05/gpt_train.py --model-size tiny --epochs 1": [],
+    "python ch05/gpt_train.py": ["--model-size", "tiny", "--epochs", "1", "--output-dir", "runs/default"],
     "python ch05/gpt_generate.py --prompt \"Every effort moves you\"": ["--max-new-tokens", "5"],
     "torchrun --nproc_per_node=2 ch05/gpt_train.py --model-size tiny": [
-        "--epochs", "1", "--output-dir", "{tmp}/ddp"],
+        "--epochs", "1", "--output-dir", "runs/ddp"],
     "torchrun --nproc_per_node=2 appendix-A/DDP-script.py": [],
+    "python ch06/gpt_class_finetune.py --output-dir runs/spam": [
+        "--epochs", "1", "--max-examples", "48", "--no-progress"],
+    "python ch06/classify.py --checkpoint runs/spam/classifier.pth \"WINNER! Claim your prize now\"": [],
+    "python appendix-D/gpt_train_schedule.py --warmup-ratio 0.1 --min-lr 1e-5 --grad-clip 1.0": [
+        "--model-size", "tiny", "--epochs", "1", "--no-progress"],
+    "python appendix-F/train_reasoner.py --method cot --output runs/cot.pth": [
+        "--digits", "2", "--steps", "3", "--n-train", "64", "--n-test", "8"],
     "python ch02/bench_bpe.py": ["--mb", "0.02", "--repeats", "1"],
     "python ch03/bench_attention.py": ["--batch", "1", "--tokens", "16", "--emb-dim", "32", "--heads", "2",
                                        "--repeats", "1", "--warmup", "0"],
@@ -62,26 +71,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def argv_for(command, extra, tmp):
-    argv = shlex.split(command) + [a.format(tmp=tmp) for a in extra]
+def argv_for(command, extra):
+    """The command's words with this interpreter, and the repository's scripts by absolute path."""
+    argv = shlex.split(command) + list(extra)
     if argv[0] == "python":
         argv[0] = sys.executable
     elif argv[0] == "torchrun":  # the launcher of this interpreter, on a free port
         argv = [sys.executable, "-m", "torch.distributed.run", f"--master_port={free_port()}"] + argv[1:]
     elif argv[0] == "jupyter":
         argv[0] = shutil.which("jupyter") or argv[0]
-    return argv
+    return [str(ROOT / a) if a.endswith(".py") and (ROOT / a).is_file() else a for a in argv]
 
 
-RUNNABLE = [c for c, extra in COMMANDS.items() if extra is not None]
+RUNNABLE = [c for c in readme_commands() if COMMANDS.get(c) is not None]  # in the README's order
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("readme")
 
 
 @pytest.mark.parametrize("command", RUNNABLE)
-def test_readme_command_runs_as_typed(command, tmp_path):
-    if command not in readme_commands():
-        pytest.skip("no longer in the README (test_every_readme_command_is_covered fails)")
-    argv = argv_for(command, COMMANDS[command], tmp_path)
-    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
+def test_readme_command_runs_as_typed(command, workdir):
+    argv = argv_for(command, COMMANDS[command])
+    run = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{command!r} exited {run.returncode}:\n{output[-3000:]}"
