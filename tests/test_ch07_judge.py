@@ -150,5 +150,6 @@ def test_evaluate_script_with_a_judge_and_with_none(server, tmp_path):
     assert res.stderr.startswith("error: --judge-url http://127.0.0.1:") and "Traceback" not in res.stderr
 
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "entry 0 has no string 'model_response'" in res.stderr
+    evaluate = import_path("ch07/evaluate.py")
+    with pytest.raises(ValueError, match="entry 0 has no string 'model_response'"):
+        evaluate.main([str(path)])
