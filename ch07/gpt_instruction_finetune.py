@@ -1,0 +1,202 @@
+"""Instruction fine-tuning of GPT-2 (chapter 7, sections 7.2-7.7) as a headless script.
+
+    python ch07/gpt_instruction_finetune.py                        # the book: 355M, 2 epochs, 110 answers
+    python ch07/gpt_instruction_finetune.py --mask-instructions --output-dir runs/masked
+    python ch07/gpt_instruction_finetune.py --model-size tiny --max-examples 64 --max-test 4 \\
+        --max-new-tokens 8 --epochs 1                              # a few seconds: a smoke test
+
+The data are instruction-data.json (via the download helper, or --data-file): the first 85% of
+the entries train, the next 10% test and the last 5% validate. The pretrained GPT-2 weights come
+through chapter 5's loader (with LLMS_STANDIN_WEIGHTS=1, the labelled stand-in when they cannot
+be downloaded); --model-size tiny is a small randomly initialised GPT instead, for quick tests.
+
+The output folder receives model.pth (weights and configuration; chat.py and evaluate.py read
+it), test-responses.json (the test entries with the model's answers under "model_response"),
+loss.png and metrics.json (losses, and the per-token negative log-likelihood of the reference
+answers of the answered test entries before and after fine-tuning). Without --output-dir each run
+gets a fresh folder runs/instruction-finetune/run-NNN; an --output-dir that already holds a
+model.pth or test-responses.json is refused, never overwritten.
+"""
+import argparse
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import tiktoken
+import torch
+from torch.utils.data import DataLoader
+
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, download_file,
+                               generate_test_responses, instruction_collate, load_instruction_data,
+                               load_pretrained_gpt2, pick_device, plot_losses, response_nll, save_atomically,
+                               save_finetuned, save_json, split_data, train_model_simple, format_input)
+
+TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
+MODEL_SIZES = ["tiny", *GPT2_SIZES]
+RUNS_DIR = Path("runs") / "instruction-finetune"
+OUTPUT_FILES = ("model.pth", "test-responses.json")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-file", type=Path, default=None,
+                   help="a JSON list of {instruction, input, output} entries (default: instruction-data.json)")
+    p.add_argument("--model-size", default="355M", help=f"one of: {', '.join(MODEL_SIZES)} (default: 355M)")
+    p.add_argument("--models-dir", type=Path, default=None, help="where GPT-2's files are (default: the cache)")
+    p.add_argument("--epochs", type=int, default=2, help="default: 2")
+    p.add_argument("--batch-size", type=int, default=8, help="default: 8")
+    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default: 5e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="default: 0.1")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="dropout while fine-tuning (default: 0.0)")
+    p.add_argument("--mask-instructions", action="store_true",
+                   help="count only the response tokens in the loss (mask the instruction and input)")
+    p.add_argument("--eval-freq", type=int, default=5, help="evaluate every this many steps (default: 5)")
+    p.add_argument("--eval-iter", type=int, default=5, help="batches per loss estimate (default: 5)")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="train on only the first N training entries (default: all)")
+    p.add_argument("--max-test", type=int, default=None, help="answer only the first N test entries (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default: 256)")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="folder for the outputs; refused if it already holds a run's outputs "
+                        f"(default: a fresh {RUNS_DIR}/run-NNN)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--seed", type=int, default=123, help="default: 123")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
+    args = p.parse_args(argv)
+    if args.model_size not in MODEL_SIZES:
+        p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
+    for name in ("epochs", "batch_size", "eval_freq", "eval_iter", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("max_examples", "max_test"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not 0 <= args.drop_rate < 1:
+        p.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    if args.data_file is not None and not args.data_file.is_file():
+        p.error(f"--data-file not found: {args.data_file}")
+    if args.output_dir is not None:
+        taken = [f for f in OUTPUT_FILES if (args.output_dir / f).exists()]
+        if taken:
+            p.error(f"--output-dir {args.output_dir} already holds {', '.join(taken)}; "
+                    "choose another folder (nothing is overwritten)")
+    return args
+
+
+def fresh_run_dir(root=RUNS_DIR):
+    """runs/instruction-finetune/run-NNN with NNN one above the highest existing run."""
+    numbers = [int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()]
+    return root / f"run-{max(numbers, default=0) + 1:03d}"
+
+
+def resolve_device(name):
+    if name == "auto":
+        return pick_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested, but CUDA is not available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was requested, but MPS is not available")
+    return torch.device(name)
+
+
+def prepare_output_dir(path):
+    """Create the folder and check that we can write there, before any long work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        save_atomically(path / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        (path / ".write-test").unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write to --output-dir {path}: {exc.strerror or exc}") from None
+
+
+def load_model(args):
+    """(model, config, is_standin) for --model-size, with --drop-rate."""
+    if args.model_size == "tiny":
+        config = dict(TINY, drop_rate=args.drop_rate)
+        torch.manual_seed(args.seed)
+        return GPTModel(config), config, False
+    return load_pretrained_gpt2(args.model_size, args.models_dir, drop_rate=args.drop_rate)
+
+
+def save_loss_plot(path, epochs, train_losses, val_losses, tokens_seen):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    fig = plot_losses(torch.linspace(0, epochs, len(train_losses)), tokens_seen, train_losses, val_losses)
+    try:
+        return save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    data = load_instruction_data(args.data_file or download_file("instruction-data.json"))
+    train_data, val_data, test_data = split_data(data)
+    train_data = train_data[:args.max_examples] if args.max_examples else train_data
+    test_data = test_data[:args.max_test] if args.max_test else test_data
+    if len(train_data) < args.batch_size or not val_data or not test_data:
+        raise ValueError(f"too little data: {len(train_data)} training entries (one batch needs "
+                         f"--batch-size {args.batch_size}), {len(val_data)} validation and {len(test_data)} "
+                         "test entries; use a larger data file or a smaller --batch-size")
+    out = args.output_dir if args.output_dir is not None else fresh_run_dir()
+    prepare_output_dir(out)
+
+    model, config, is_standin = load_model(args)
+    model.to(device)
+    tokenizer = tiktoken.get_encoding("gpt2")
+    collate = partial(instruction_collate, device=device, allowed_max_length=config["context_length"],
+                      mask_instructions=args.mask_instructions)
+    torch.manual_seed(args.seed)
+    train_loader = DataLoader(InstructionDataset(train_data, tokenizer), batch_size=args.batch_size,
+                              collate_fn=collate, shuffle=True, drop_last=True)
+    val_loader = DataLoader(InstructionDataset(val_data, tokenizer), batch_size=args.batch_size, collate_fn=collate)
+    print(f"model {args.model_size}{' (STAND-IN weights)' if is_standin else ''}: "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters | device {device.type} | "
+          f"{len(train_data)} training entries, {len(train_loader)} batches per epoch | "
+          f"instruction masking {'on' if args.mask_instructions else 'off'}")
+
+    nll_before = response_nll(model, test_data, tokenizer, device, args.batch_size)
+    print(f"reference-answer NLL before fine-tuning: {nll_before:.3f}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    start = time.time()
+    torch.manual_seed(args.seed)
+    train_losses, val_losses, tokens_seen = train_model_simple(
+        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq, args.eval_iter,
+        start_context=format_input(val_data[0]), tokenizer=tokenizer)
+    print(f"training took {(time.time() - start) / 60:.2f} min")
+    nll_after = response_nll(model, test_data, tokenizer, device, args.batch_size)
+    print(f"reference-answer NLL after fine-tuning: {nll_after:.3f}")
+
+    start = time.time()
+    responses = generate_test_responses(model, tokenizer, test_data, device, args.max_new_tokens,
+                                        progress=not args.no_progress)
+    print(f"answered {len(responses)} test entries in {time.time() - start:.1f} s")
+    print(f"saved: {save_json(responses, out / 'test-responses.json')}")
+    print(f"saved: {save_finetuned(model, config, out / 'model.pth', model_size=args.model_size, is_standin=is_standin)}")
+    print(f"saved: {save_loss_plot(out / 'loss.png', args.epochs, train_losses, val_losses, tokens_seen)}")
+    metrics = {"model_size": args.model_size, "is_standin": is_standin, "mask_instructions": args.mask_instructions,
+               "train_entries": len(train_data), "test_entries": len(test_data), "epochs": args.epochs,
+               "nll_before": nll_before, "nll_after": nll_after, "train_losses": train_losses,
+               "val_losses": val_losses, "tokens_seen": tokens_seen}
+    print(f"saved: {save_json(metrics, out / 'metrics.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, DownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
