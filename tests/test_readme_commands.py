@@ -32,6 +32,10 @@ COMMANDS = {
     "python ch06/gpt_class_finetune.py --output-dir runs/spam": [
         "--epochs", "1", "--max-examples", "48", "--no-progress"],
     "python ch06/classify.py --checkpoint runs/spam/classifier.pth \"WINNER! Claim your prize now\"": [],
+    "python ch07/gpt_instruction_finetune.py --output-dir runs/instruct": [
+        "--epochs", "1", "--max-examples", "16", "--max-test", "2", "--max-new-tokens", "8", "--no-progress"],
+    "python ch07/evaluate.py runs/instruct/test-responses.json": [],
+    "python ch07/chat.py --checkpoint runs/instruct/model.pth": ["--max-new-tokens", "5"],  # stdin: EOF
     "python appendix-D/gpt_train_schedule.py --warmup-ratio 0.1 --min-lr 1e-5 --grad-clip 1.0": [
         "--model-size", "tiny", "--epochs", "1", "--no-progress"],
     "python appendix-F/train_reasoner.py --method cot --output runs/cot.pth": [
@@ -94,7 +98,7 @@ def workdir(tmp_path_factory):
 @pytest.mark.parametrize("command", RUNNABLE)
 def test_readme_command_runs_as_typed(command, workdir):
     argv = argv_for(command, COMMANDS[command])
-    run = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=600,
+    run = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=600, input="",
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{command!r} exited {run.returncode}:\n{output[-3000:]}"
