@@ -136,6 +136,7 @@ def train(args, rank, world_size, device):
         result["train_accuracy"] = compute_accuracy(model, DataLoader(train_ds, batch_size=4), device)
         result["test_accuracy"] = compute_accuracy(model, DataLoader(test_ds, batch_size=4), device)
         log(rank, f"train accuracy {result['train_accuracy']:.4f} | test accuracy {result['test_accuracy']:.4f}")
+    dist.barrier()  # leave together: a rank tearing down gloo while its peer still works can abort
     return result
 
 
