@@ -59,10 +59,6 @@ def sources_for(folder):
     return [nb for f in BUILDS_ON[folder] + [folder] for nb in exporting_notebooks(f)]
 
 
-def main_notebook(root, folder):
-    return Path(root) / folder / f"{folder}.ipynb"
-
-
 def _tags(cell):
     return cell.get("metadata", {}).get("tags", [])
 
