@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch02/ch02.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/script-helpers.ipynb, ch02/ch02.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -14,28 +14,46 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
+import sys
+import math
 import tiktoken
 from torch.utils.data import DataLoader, Dataset
 
 
 # ---- from ch01/ch01.ipynb ----
 
-def pick_device():
-    """The fastest device PyTorch can use here: CUDA, then Apple's MPS, then the CPU.
+def pick_device(name="auto", local_rank=0):
+    """The torch.device to compute on.
 
-    Setting LLMS_DEVICE to cpu, cuda or mps overrides the choice. The test command sets
-    LLMS_DEVICE=cpu so that every stored output means the same on every machine.
+    name="auto" picks the fastest device PyTorch can use here: CUDA, then Apple's MPS, then the
+    CPU. Setting LLMS_DEVICE to cpu, cuda or mps overrides that choice; the test command sets
+    LLMS_DEVICE=cpu so that every stored output means the same on every machine. Any other name
+    ("cpu", "cuda", "cuda:1", "mps") is checked: a ValueError says when it is not available.
+    A process started by torchrun passes its local_rank to get its own GPU of "cuda".
     """
-    forced = os.environ.get("LLMS_DEVICE")
-    if forced:
-        if forced not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {forced!r}")
-        return torch.device(forced)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if name == "auto":
+        name = os.environ.get("LLMS_DEVICE")
+        if name and name not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {name!r}")
+        if not name:
+            name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was requested, but CUDA is not available")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} (GPU {index}) was requested, but only "
+                             f"{torch.cuda.device_count()} CUDA GPU(s) are available")
+        return device if index == 0 and device.index is None else torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was requested, but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,94 @@ def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, pr
         + f"\nDownload it by hand from one of the URLs above and save it as {target}"
         + (f" (the member {file.member!r} of the zip)" if file.member else "")
         + ",\nor set LLMS_MIRROR to a folder that holds it.")
+
+
+# ---- from ch01/script-helpers.ipynb ----
+
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def distributed_env(env=None):
+    """(rank, local_rank, world_size, launched_by_torchrun) from torchrun's environment variables."""
+    env = os.environ if env is None else env
+    present = [k for k in TORCHRUN_VARS if k in env]
+    if not present:
+        return 0, 0, 1, False
+    if len(present) < len(TORCHRUN_VARS):
+        missing = [k for k in TORCHRUN_VARS if k not in env]
+        raise ValueError(f"found {', '.join(present)} but not {', '.join(missing)} in the environment; "
+                         "launch with torchrun, or unset them to run as a single process")
+    rank, local_rank, world_size = (int(env[k]) for k in TORCHRUN_VARS)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
+    return rank, local_rank, world_size, True
+
+
+def exit_without_teardown(code=0):
+    """Flush stdout and stderr, then end this process at once with `code`, skipping teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_script(main, expected=(ValueError,), skip_teardown=None):
+    """Run a script's main() and exit: with its return value if that is an int, else with 0.
+
+    An exception of the `expected` types becomes one line `error: <message>` on stderr and exit
+    code 2. skip_teardown (default: when torchrun started several processes) leaves through
+    exit_without_teardown.
+    """
+    try:
+        code = main()
+        code = code if isinstance(code, int) else 0
+    except expected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    if skip_teardown is None:
+        skip_teardown = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if skip_teardown:
+        exit_without_teardown(code)
+    sys.exit(code)
+
+
+def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
+    """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        return f"{flag} must be a finite number, got {value}"
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not (below or above):
+        return None
+    if high is None:
+        rule = "be positive" if low == 0 and low_open else f"be above {low}" if low_open else f"be at least {low}"
+    elif low is None:
+        rule = f"be below {high}" if high_open else f"be at most {high}"
+    else:
+        rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return f"{flag} must {rule}, got {value}"
+
+
+def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
+    """parser.error for the first of `names` (attributes of args) whose value is out of range."""
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        message = range_error(flag, getattr(args, name), low, high, low_open=low_open, high_open=high_open)
+        if message:
+            parser.error(message)
+
+
+def read_text(paths=None):
+    """The text files at `paths` joined with <|endoftext|> (default: the-verdict.txt)."""
+    if paths is None:
+        paths = [download_file("the-verdict.txt")]
+    texts = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"text file not found: {path}")
+        texts.append(Path(path).read_text(encoding="utf-8"))
+    return " <|endoftext|> ".join(texts)
 
 
 # ---- from ch02/ch02.ipynb ----
