@@ -13,8 +13,6 @@ trains on its own share of the batches (a distributed sampler) with DistributedD
 on CUDA, gloo on the CPU); only the first process prints, plots and saves.
 """
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +20,10 @@ import tiktoken
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, calc_loss_batch,
-                               calc_loss_loader, download_file, generate_text_simple, plot_losses,
-                               text_to_token_ids, token_ids_to_text, pick_device)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, check_range, distributed_env,
+                               evaluate_model, generate_sample, pick_device, plot_losses, read_text, run_script,
+                               train_model_simple)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -52,51 +49,23 @@ def parse_args(argv=None):
     p.add_argument("--start-context", default="Every effort moves you", help="prompt of the samples")
     p.add_argument("--output-dir", type=Path, default=Path("runs/gpt_train"))
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = p.parse_args(argv)
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
-    for name in ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive, got {args.lr}")
-    if not 0 < args.val_ratio < 1:
-        p.error(f"--val-ratio must lie between 0 and 1, got {args.val_ratio}")
-    if not 0 <= args.drop_rate < 1:
-        p.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    check_range(p, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
+    check_range(p, args, ("lr",), 0, low_open=True)
+    check_range(p, args, ("weight_decay",))
+    check_range(p, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
+    check_range(p, args, ("drop_rate",), 0, 1, high_open=True)
     return args
 
 
 def model_config(args):
     return {"vocab_size": 50257, "context_length": args.context_length, **MODEL_SIZES[args.model_size],
             "drop_rate": args.drop_rate, "qkv_bias": False}
-
-
-def resolve_device(name, local_rank):
-    """The torch.device for --device NAME in the process with this local rank."""
-    if name == "auto":
-        name = pick_device().type
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was requested, but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was requested, but MPS is not available")
-    return torch.device(name)
-
-
-def read_text(paths):
-    if paths is None:
-        paths = [download_file("the-verdict.txt")]
-    texts = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise ValueError(f"text file not found: {path}")
-        texts.append(Path(path).read_text(encoding="utf-8"))
-    return " <|endoftext|> ".join(texts)
 
 
 def make_dataset(text, tokenizer, context_length, which):
@@ -123,7 +92,7 @@ def make_loaders(text, args, world_size, rank):
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
                               sampler=sampler, drop_last=True)
     val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, drop_last=False)
-    return tokenizer, train_loader, val_loader, sampler
+    return tokenizer, train_loader, val_loader
 
 
 def load_checkpoint(path, config, model, optimizer, device):
@@ -141,33 +110,21 @@ def load_checkpoint(path, config, model, optimizer, device):
     return ckpt
 
 
-def evaluate(model, train_loader, val_loader, device, eval_iter, world_size):
-    """Mean (train, val) loss over eval_iter batches, averaged over all processes."""
-    model.eval()
-    with torch.no_grad():
-        losses = torch.tensor([calc_loss_loader(train_loader, model, device, eval_iter),
-                               calc_loss_loader(val_loader, model, device, eval_iter)], device=device)
-    model.train()
-    if world_size > 1:
-        dist.all_reduce(losses)
-        losses /= world_size
-    return losses[0].item(), losses[1].item()
-
-
-def sample(model, tokenizer, device, start_context):
-    model.eval()
-    idx = text_to_token_ids(start_context, tokenizer).to(device)
-    with torch.no_grad():
-        out = generate_text_simple(model, idx, 50, model.pos_emb.weight.shape[0])
-    model.train()
-    return token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")
+def ddp_evaluate(raw_model, world_size):
+    """Chapter 5's loss estimate on the unwrapped model, averaged over all processes."""
+    def estimate(model, train_loader, val_loader, device, eval_iter):
+        losses = torch.tensor(evaluate_model(raw_model, train_loader, val_loader, device, eval_iter), device=device)
+        if world_size > 1:
+            dist.all_reduce(losses)
+            losses /= world_size
+        return losses[0].item(), losses[1].item()
+    return estimate
 
 
 def main(argv=None):
     args = parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device, local_rank)
+    rank, local_rank, world_size, _ = distributed_env()
+    device = pick_device(args.device, local_rank)
     if world_size > 1:
         if device.type == "mps":
             raise ValueError("DistributedDataParallel does not support MPS; use --device cpu")
@@ -176,17 +133,17 @@ def main(argv=None):
     log = print if main_process else (lambda *a, **k: None)
     try:
         text = read_text(args.text_files)
-        tokenizer, train_loader, val_loader, sampler = make_loaders(text, args, world_size, rank)
+        tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
         config = model_config(args)
         torch.manual_seed(args.seed)
         model = GPTModel(config).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                       fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
-        state = {"epoch": 0, "global_step": -1, "tokens_seen": 0,
-                 "train_losses": [], "val_losses": [], "track_tokens_seen": []}
+        state = {"epoch": 0}  # train_model_simple adds the rest of the progress
         if args.resume is not None:
             ckpt = load_checkpoint(args.resume, config, model, optimizer, device)
-            state = {k: ckpt[k] for k in state}
+            state = {k: ckpt[k] for k in ("epoch", "global_step", "tokens_seen",
+                                          "train_losses", "val_losses", "track_tokens_seen")}
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")
         if state["epoch"] >= args.epochs:
             log(f"the checkpoint has already trained {state['epoch']} epochs; raise --epochs to continue")
@@ -194,13 +151,22 @@ def main(argv=None):
         raw_model = model
         if world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if device.type == "cuda" else None)
+                model, device_ids=[device.index or 0] if device.type == "cuda" else None)
         log(f"model {args.model_size}: {sum(p.numel() for p in raw_model.parameters()):,} parameters | "
             f"device {device.type} | processes {world_size} | training batches per process {len(train_loader)}")
         samples, start = [], time.time()
+
+        def record_sample(epochs_done):
+            if main_process:
+                samples.append(f"epoch {epochs_done}: "
+                               f"{generate_sample(raw_model, tokenizer, device, args.start_context)}")
+                log(samples[-1])
+
         try:
-            train_epochs(args, model, raw_model, optimizer, train_loader, val_loader, sampler, tokenizer,
-                         device, state, samples, world_size, main_process, log)
+            train_model_simple(model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq,
+                               args.eval_iter, args.start_context, tokenizer, state=state,
+                               evaluate=ddp_evaluate(raw_model, world_size), on_epoch_end=record_sample,
+                               world_size=world_size, log=log, progress=main_process and not args.no_progress)
         except KeyboardInterrupt:
             if world_size > 1:
                 raise
@@ -212,34 +178,6 @@ def main(argv=None):
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return 0
-
-
-def train_epochs(args, model, raw_model, optimizer, train_loader, val_loader, sampler, tokenizer,
-                 device, state, samples, world_size, main_process, log):
-    """The training loop; updates `state` (progress and losses) and `samples` in place."""
-    for epoch in range(state["epoch"], args.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}",
-                                              disable=args.no_progress or not main_process):
-            optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
-            state["tokens_seen"] += input_batch.numel() * world_size
-            state["global_step"] += 1
-            if state["global_step"] % args.eval_freq == 0:
-                train_loss, val_loss = evaluate(raw_model, train_loader, val_loader, device,
-                                                args.eval_iter, world_size)
-                state["train_losses"].append(train_loss)
-                state["val_losses"].append(val_loss)
-                state["track_tokens_seen"].append(state["tokens_seen"])
-                log(f"Ep {epoch + 1} (step {state['global_step']:06d}): "
-                    f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        state["epoch"] = epoch + 1
-        if main_process:
-            samples.append(f"epoch {epoch + 1}: {sample(raw_model, tokenizer, device, args.start_context)}")
-            log(samples[-1])
 
 
 def save_outputs(args, config, model, optimizer, state, samples, world_size):
@@ -262,14 +200,6 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except (ValueError, DownloadError) as exc:
-        sys.exit(f"error: {exc}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Under torchrun, skip the interpreter teardown, during which gloo's threads can abort
-        # a process that finished its work (see appendix-A/DDP-script.py's leave()).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    # under torchrun, run_script skips the interpreter teardown, during which gloo's threads can
+    # abort a process that finished its work (see ch01/script-helpers.ipynb)
+    run_script(main, expected=(ValueError, DownloadError))

@@ -585,43 +585,64 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     return train_loss, val_loss
 
 
-def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
-    """Print a greedy continuation of `start_context` on one line."""
+def generate_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+    """A greedy continuation of `start_context`, on one line."""
     model.eval()
     context_size = model.pos_emb.weight.shape[0]
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     with torch.no_grad():
         token_ids = generate_text_simple(model, encoded, max_new_tokens, context_size)
-    print(token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " "))
     model.train()
+    return token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+    print(generate_sample(model, tokenizer, device, start_context, max_new_tokens))
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer):
-    """Train for `num_epochs`; return (train_losses, val_losses, tokens_seen) at each evaluation."""
+                       eval_freq, eval_iter, start_context, tokenizer, *, state=None,
+                       evaluate=evaluate_model, on_epoch_end=None, world_size=1, log=print, progress=True):
+    """Train for `num_epochs`; return (train_losses, val_losses, tokens_seen) at each evaluation.
+
+    The keyword-only hooks serve the headless script ch05/gpt_train.py; their defaults give the
+    plain loop. state: the progress (epoch, step, tokens, losses) to continue from, updated in
+    place as training goes. evaluate: the loss estimate. on_epoch_end(epochs_done): replaces the
+    printed sample. world_size: processes training in step (DDP); tokens count them all.
+    log: prints the evaluations. progress: show the tqdm bars.
+    """
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; use a longer text or a smaller "
                          "batch size or context length")
-    train_losses, val_losses, track_tokens_seen = [], [], []
-    tokens_seen, global_step = 0, -1
-    for epoch in range(num_epochs):
+    state = {} if state is None else state
+    for key, start in [("epoch", 0), ("global_step", -1), ("tokens_seen", 0), ("train_losses", []),
+                       ("val_losses", []), ("track_tokens_seen", [])]:
+        state.setdefault(key, start)
+    for epoch in range(state["epoch"], num_epochs):
         model.train()
-        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}"):
+        if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler: new shuffle per epoch
+            train_loader.sampler.set_epoch(epoch)
+        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}",
+                                              disable=not progress):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
-            tokens_seen += input_batch.numel()
-            global_step += 1
-            if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                track_tokens_seen.append(tokens_seen)
-                print(f"Ep {epoch + 1} (step {global_step:06d}): "
-                      f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        generate_and_print_sample(model, tokenizer, device, start_context)
-    return train_losses, val_losses, track_tokens_seen
+            state["tokens_seen"] += input_batch.numel() * world_size
+            state["global_step"] += 1
+            if state["global_step"] % eval_freq == 0:
+                train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)
+                state["train_losses"].append(train_loss)
+                state["val_losses"].append(val_loss)
+                state["track_tokens_seen"].append(state["tokens_seen"])
+                log(f"Ep {epoch + 1} (step {state['global_step']:06d}): "
+                    f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+        state["epoch"] = epoch + 1
+        if on_epoch_end is None:
+            generate_and_print_sample(model, tokenizer, device, start_context)
+        else:
+            on_epoch_end(epoch + 1)
+    return state["train_losses"], state["val_losses"], state["track_tokens_seen"]
 
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, label="loss"):
