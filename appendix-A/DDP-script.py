@@ -25,9 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from previous_chapters import NeuralNetwork, ToyDataset, compute_accuracy, make_toy_data
-
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+from previous_chapters import (NeuralNetwork, ToyDataset, compute_accuracy, distributed_env, make_toy_data,
+                               pick_device, run_script)
 
 
 def parse_args(argv=None):
@@ -56,34 +55,16 @@ def validate(args, world_size, num_train):
             f"({num_train} examples over {world_size} process(es)); with drop_last no batch would remain")
 
 
-def distributed_env(env=None):
-    """(rank, local_rank, world_size, launched_by_torchrun) from torchrun's environment variables."""
-    env = os.environ if env is None else env
-    present = [k for k in TORCHRUN_VARS if k in env]
-    if not present:
-        return 0, 0, 1, False
-    if len(present) < len(TORCHRUN_VARS):
-        missing = [k for k in TORCHRUN_VARS if k not in env]
-        raise ValueError(f"found {', '.join(present)} but not {', '.join(missing)} in the environment; "
-                         "launch with torchrun, or unset them to run as a single process")
-    rank, local_rank, world_size = (int(env[k]) for k in TORCHRUN_VARS)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
-    return rank, local_rank, world_size, True
-
-
 def choose_device(requested, local_rank, local_world_size):
     """The device of this process and the matching backend: (torch.device, "nccl" or "gloo")."""
-    cuda = torch.cuda.is_available()
-    if requested == "cuda" and not cuda:
-        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu")
-    if requested == "cpu" or not cuda:
+    device = pick_device(requested, local_rank)
+    if device.type != "cuda":  # DDP has no MPS backend: Apple GPUs train on the CPU here
         return torch.device("cpu"), "gloo"
     num_gpus = torch.cuda.device_count()
     if local_world_size > num_gpus:
         raise ValueError(f"{local_world_size} processes on this machine but only {num_gpus} CUDA GPU(s); "
                          f"use --nproc_per_node={num_gpus} or --device cpu")
-    return torch.device("cuda", local_rank), "nccl"
+    return torch.device("cuda", device.index or 0), "nccl"
 
 
 def log(rank, message):
@@ -163,22 +144,6 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
-def leave(code=0):
-    """Exit now, skipping Python's interpreter teardown.
-
-    gloo's background threads can still be winding down while the interpreter finalises, and
-    then, on some runs, the process aborts ("terminate called without an active exception")
-    after all its work succeeded. The process group is already destroyed, so flush what was
-    printed and leave directly.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}")
-    leave(0)
+    # always leave without the interpreter teardown: gloo's threads can abort it (ch01/script-helpers.ipynb)
+    run_script(main, skip_teardown=True)

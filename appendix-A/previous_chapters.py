@@ -42,14 +42,14 @@ def pick_device(name="auto", local_rank=0):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested, but CUDA is not available")
+            raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but CUDA is not available")
         index = local_rank if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} (GPU {index}) was requested, but only "
                              f"{torch.cuda.device_count()} CUDA GPU(s) are available")
         return device if index == 0 and device.index is None else torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was requested, but MPS is not available")
+        raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but MPS is not available")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device

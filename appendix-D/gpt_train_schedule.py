@@ -13,17 +13,15 @@ Apple's MPS or the CPU. A single process; for data-parallel training see ch05/gp
 """
 import argparse
 import json
-import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_schedule, create_dataloader_v1,
-                               download_file, pick_device, plot_losses, plot_lr_schedule, train_model)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_range, check_schedule, create_dataloader_v1,
+                               pick_device, plot_losses, plot_lr_schedule, read_text, run_script, train_model)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 
@@ -59,55 +57,24 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
-    for name in ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("lr", "initial_lr", "min_lr", "grad_clip", "warmup_ratio", "weight_decay", "drop_rate", "val_ratio"):
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    check_range(p, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
+    check_range(p, args, ("initial_lr", "min_lr", "grad_clip", "warmup_ratio", "weight_decay", "drop_rate",
+                          "val_ratio"))  # finite (or left out)
+    check_range(p, args, ("lr",), 0, low_open=True)
     if args.initial_lr is None:
         args.initial_lr = args.lr / 10
     if not 0 <= args.initial_lr <= args.lr:
         p.error(f"--initial-lr must lie between 0 and --lr ({args.lr}), got {args.initial_lr}")
     if args.min_lr is None:
         args.min_lr = args.lr  # a "decay" from the peak to the peak: chapter 5's constant rate
-    if args.min_lr < 0:
-        p.error(f"--min-lr must be >= 0, got {args.min_lr}")
+    check_range(p, args, ("min_lr",), 0)
     if args.min_lr > args.lr:
         p.error(f"--min-lr {args.min_lr} is above the peak --lr {args.lr}; the decay must go down")
-    if not 0 <= args.warmup_ratio < 1:
-        p.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}")
+    check_range(p, args, ("warmup_ratio", "drop_rate"), 0, 1, high_open=True)
     if args.grad_clip is not None and args.grad_clip <= 0:
         p.error(f"--grad-clip must be positive (leave it out for no clipping), got {args.grad_clip}")
-    if not 0 < args.val_ratio < 1:
-        p.error(f"--val-ratio must lie between 0 and 1, got {args.val_ratio}")
-    if not 0 <= args.drop_rate < 1:
-        p.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    check_range(p, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
     return args
-
-
-def resolve_device(name):
-    if name == "auto":
-        return pick_device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested, but CUDA is not available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was requested, but MPS is not available")
-    return torch.device(name)
-
-
-def read_text(paths):
-    if paths is None:
-        paths = [download_file("the-verdict.txt")]
-    texts = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise ValueError(f"text file not found: {path}")
-        texts.append(Path(path).read_text(encoding="utf-8"))
-    return " <|endoftext|> ".join(texts)
 
 
 def make_loaders(text, args):
@@ -177,7 +144,7 @@ def main(argv=None):
     args = parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     check_writable(args.output_dir)
     text = read_text(args.text_files)
     train_loader, val_loader = make_loaders(text, args)
@@ -205,8 +172,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, expected=(ValueError, DownloadError))

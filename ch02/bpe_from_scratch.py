@@ -467,6 +467,8 @@ def main(argv=None):
     tr.add_argument("output")
     args = parser.parse_args(argv)
     if args.command == "encode":
+        if args.tokenizer and not Path(args.tokenizer).is_file():
+            parser.error(f"--tokenizer {args.tokenizer}: no such file")
         tok = BPETokenizer().load(args.tokenizer) if args.tokenizer else _gpt2_tokenizer()
         ids = tok.encode(args.text, allowed_special="all")
         print("ids:", ids)
@@ -481,4 +483,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from previous_chapters import DownloadError, run_script  # bad input: `error: ...`, exit code 2
+    run_script(main, expected=(ValueError, OSError, DownloadError))

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from previous_chapters import MultiHeadAttention
+from previous_chapters import MultiHeadAttention, check_context_length
 
 
 def _check_config(d_in, d_out, context_length, num_heads):
@@ -38,8 +38,7 @@ def _check_input(x, d_in, context_length):
         raise ValueError(f"expected input of shape (batch, num_tokens, d_in), got {x.dim()} dimensions {tuple(x.shape)}")
     if x.shape[-1] != d_in:
         raise ValueError(f"input has {x.shape[-1]} features per token but d_in is {d_in}")
-    if x.shape[1] > context_length:
-        raise ValueError(f"input has {x.shape[1]} tokens but context_length is {context_length}")
+    check_context_length(x.shape[1], context_length)
 
 
 def _causal_mask(context_length):

@@ -44,14 +44,14 @@ def pick_device(name="auto", local_rank=0):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested, but CUDA is not available")
+            raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but CUDA is not available")
         index = local_rank if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} (GPU {index}) was requested, but only "
                              f"{torch.cuda.device_count()} CUDA GPU(s) are available")
         return device if index == 0 and device.index is None else torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was requested, but MPS is not available")
+        raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but MPS is not available")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -331,6 +331,12 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
 
 # ---- from ch03/ch03.ipynb ----
 
+def check_context_length(num_tokens, context_length, hint=""):
+    """Raise a ValueError if an input of num_tokens tokens is longer than context_length."""
+    if num_tokens > context_length:
+        raise ValueError(f"input has {num_tokens} tokens but context_length is {context_length}{hint}")
+
+
 class CausalAttention(nn.Module):
     """Single-head causal self-attention for inputs of shape (batch, num_tokens, d_in)."""
 
@@ -345,8 +351,7 @@ class CausalAttention(nn.Module):
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.mask.shape[0]:
-            raise ValueError(f"input has {num_tokens} tokens but context_length is {self.mask.shape[0]}")
+        check_context_length(num_tokens, self.mask.shape[0])
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
         attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
@@ -386,8 +391,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.mask.shape[0]:
-            raise ValueError(f"input has {num_tokens} tokens but context_length is {self.mask.shape[0]}")
+        check_context_length(num_tokens, self.mask.shape[0])
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)

@@ -24,13 +24,14 @@ Run as a script to generate from a prompt with the (random or loaded) 124M model
     python ch04/gpt_with_kv_cache.py --no-cache --checkpoint model.pth
 """
 import argparse
-import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from previous_chapters import GPT_CONFIG_124M, FeedForward, LayerNorm, MultiHeadAttention
+from previous_chapters import GPT_CONFIG_124M, MultiHeadAttention, check_context_length, check_range, run_script
+from previous_chapters import GPTModel as ChapterGPTModel
+from previous_chapters import TransformerBlock as ChapterTransformerBlock
 
 
 class MultiHeadAttentionWithCache(MultiHeadAttention):
@@ -50,8 +51,7 @@ class MultiHeadAttentionWithCache(MultiHeadAttention):
         if past and self.cache_k.shape[0] != b:
             raise ValueError(f"the cache holds a batch of {self.cache_k.shape[0]} sequences but the input has {b}; "
                              "call reset_kv_cache() before starting new sequences")
-        if past + num_tokens > context_length:
-            raise ValueError(f"{past} cached + {num_tokens} new tokens exceed context_length {context_length}")
+        check_context_length(past + num_tokens, context_length, hint=f" ({past} of them in the cache)")
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -70,25 +70,18 @@ class MultiHeadAttentionWithCache(MultiHeadAttention):
         return self.out_proj(context)
 
 
-class TransformerBlock(nn.Module):
-    """The chapter's transformer block; `use_cache` is passed on to the attention."""
+class TransformerBlock(ChapterTransformerBlock):
+    """The chapter's transformer block with the cached attention; `use_cache` is passed on to it."""
 
     def __init__(self, cfg):
-        super().__init__()
-        self.att = MultiHeadAttentionWithCache(
-            d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
-            dropout=cfg["drop_rate"], num_heads=cfg["n_heads"], qkv_bias=cfg["qkv_bias"])
-        self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
-        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+        super().__init__(cfg, attention_cls=MultiHeadAttentionWithCache)
 
     def forward(self, x, use_cache=False):
         x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache=use_cache))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
-class GPTModel(nn.Module):
+class GPTModel(ChapterGPTModel):
     """The chapter's GPTModel (same parameter names) with a KV cache.
 
     model(idx) behaves exactly like the chapter's model. model(idx, use_cache=True) appends the
@@ -97,13 +90,7 @@ class GPTModel(nn.Module):
     """
 
     def __init__(self, cfg):
-        super().__init__()
-        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
-        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        super().__init__(cfg, block_cls=TransformerBlock)
         self.current_pos = 0  # number of tokens in the cache = position of the next token
 
     def reset_kv_cache(self):
@@ -117,22 +104,14 @@ class GPTModel(nn.Module):
                    for t in (block.att.cache_k, block.att.cache_v) if t is not None)
 
     def forward(self, in_idx, use_cache=False):
-        if in_idx.dim() != 2:
-            raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
-        batch_size, seq_len = in_idx.shape
-        vocab_size, context_length = self.tok_emb.num_embeddings, self.pos_emb.num_embeddings
         start = self.current_pos if use_cache else 0
-        if start + seq_len > context_length:
-            if use_cache:
-                raise ValueError(f"the KV cache holds {start} tokens; {seq_len} more would make "
-                                 f"{start + seq_len}, beyond context_length {context_length}. "
-                                 "Call reset_kv_cache() and feed at most the last context_length tokens")
-            raise ValueError(f"input has {seq_len} tokens but context_length is {context_length}; "
-                             f"keep only the last {context_length} tokens (generate_text_simple does this)")
-        if in_idx.numel() > 0:
-            lo, hi = in_idx.min().item(), in_idx.max().item()
-            if lo < 0 or hi >= vocab_size:
-                raise ValueError(f"token ids must lie in [0, {vocab_size}), got values from {lo} to {hi}")
+        context_length = self.pos_emb.num_embeddings
+        if use_cache and in_idx.dim() == 2 and start + in_idx.shape[1] > context_length:
+            raise ValueError(f"the KV cache holds {start} tokens; {in_idx.shape[1]} more would make "
+                             f"{start + in_idx.shape[1]}, beyond context_length {context_length}. "
+                             "Call reset_kv_cache() and feed at most the last context_length tokens")
+        self.check_input(in_idx)  # the chapter's checks: shape, length, token ids
+        seq_len = in_idx.shape[1]
         pos = torch.arange(start, start + seq_len, device=in_idx.device)
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         for block in self.trf_blocks:
@@ -187,13 +166,14 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--context-size", type=int, default=GPT_CONFIG_124M["context_length"])
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
-    parser.add_argument("--checkpoint", help="a state_dict of the chapter's GPTModel (124M config) to load")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a state_dict of the chapter's GPTModel (124M config) to load")
     parser.add_argument("--seed", type=int, default=123, help="seed for the random weights")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0:
-        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not 1 <= args.context_size <= GPT_CONFIG_124M["context_length"]:
-        parser.error(f"--context-size must lie in [1, {GPT_CONFIG_124M['context_length']}], got {args.context_size}")
+    check_range(parser, args, ["max_new_tokens"], 0)
+    check_range(parser, args, ["context_size"], 1, GPT_CONFIG_124M["context_length"])
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: file not found")
 
     import tiktoken
     tokenizer = tiktoken.get_encoding("gpt2")
@@ -203,7 +183,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = GPTModel(GPT_CONFIG_124M)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a truncated file, another format, other shapes or names
+            raise ValueError(f"--checkpoint {args.checkpoint}: not a state_dict of the 124M GPTModel "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     model.eval()
     start = time.perf_counter()
     out = generate_text_simple(model, torch.tensor([ids]), args.max_new_tokens, args.context_size,
@@ -216,4 +200,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

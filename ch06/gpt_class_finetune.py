@@ -117,16 +117,6 @@ def pick_run_dir(args):
     return out
 
 
-def resolve_device(name):
-    if name == "auto":
-        return pick_device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested, but CUDA is not available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was requested, but MPS is not available")
-    return torch.device(name)
-
-
 def read_splits(args):
     """{split: DataFrame} from --data-dir or the prepared SMS Spam Collection, cut to --max-examples."""
     paths = ({s: args.data_dir / f"{s}.csv" for s in SPLIT_NAMES} if args.data_dir is not None
@@ -208,7 +198,7 @@ def save_outputs(out, model, config, args, max_length, is_standin, metrics, hist
 
 
 def run(args):
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     splits = read_splits(args)
     out = pick_run_dir(args)
     tokenizer = tiktoken.get_encoding("gpt2")

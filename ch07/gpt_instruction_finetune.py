@@ -19,7 +19,6 @@ model.pth or test-responses.json is refused, never overwritten.
 """
 import argparse
 import math
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,10 +27,10 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, download_file,
-                               generate_test_responses, instruction_collate, load_instruction_data,
-                               load_pretrained_gpt2, pick_device, plot_losses, response_nll, save_atomically,
-                               save_finetuned, save_json, split_data, train_model_simple, format_input)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, check_range, download_file,
+                               format_input, generate_test_responses, instruction_collate, load_instruction_data,
+                               load_pretrained_gpt2, pick_device, plot_losses, response_nll, run_script,
+                               save_atomically, save_finetuned, save_json, split_data, train_model_simple)
 
 TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
 MODEL_SIZES = ["tiny", *GPT2_SIZES]
@@ -68,18 +67,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
-    for name in ("epochs", "batch_size", "eval_freq", "eval_iter", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("max_examples", "max_test"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_range(p, args, ("epochs", "batch_size", "eval_freq", "eval_iter", "max_new_tokens", "max_examples",
+                          "max_test"), 1)
     if not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f"--lr must be a positive number, got {args.lr}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    if not 0 <= args.drop_rate < 1:
-        p.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    check_range(p, args, ("weight_decay",), 0)
+    check_range(p, args, ("drop_rate",), 0, 1, high_open=True)
     if args.data_file is not None and not args.data_file.is_file():
         p.error(f"--data-file not found: {args.data_file}")
     if args.output_dir is not None:
@@ -94,16 +87,6 @@ def fresh_run_dir(root=RUNS_DIR):
     """runs/instruction-finetune/run-NNN with NNN one above the highest existing run."""
     numbers = [int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()]
     return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def resolve_device(name):
-    if name == "auto":
-        return pick_device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested, but CUDA is not available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was requested, but MPS is not available")
-    return torch.device(name)
 
 
 def prepare_output_dir(path):
@@ -140,7 +123,7 @@ def save_loss_plot(path, epochs, train_losses, val_losses, tokens_seen):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     data = load_instruction_data(args.data_file or download_file("instruction-data.json"))
     train_data, val_data, test_data = split_data(data)
     train_data = train_data[:args.max_examples] if args.max_examples else train_data
@@ -195,8 +178,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, expected=(ValueError, DownloadError))

@@ -50,14 +50,14 @@ def pick_device(name="auto", local_rank=0):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested, but CUDA is not available")
+            raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but CUDA is not available")
         index = local_rank if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} (GPU {index}) was requested, but only "
                              f"{torch.cuda.device_count()} CUDA GPU(s) are available")
         return device if index == 0 and device.index is None else torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was requested, but MPS is not available")
+        raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but MPS is not available")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -337,6 +337,12 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
 
 # ---- from ch03/ch03.ipynb ----
 
+def check_context_length(num_tokens, context_length, hint=""):
+    """Raise a ValueError if an input of num_tokens tokens is longer than context_length."""
+    if num_tokens > context_length:
+        raise ValueError(f"input has {num_tokens} tokens but context_length is {context_length}{hint}")
+
+
 class CausalAttention(nn.Module):
     """Single-head causal self-attention for inputs of shape (batch, num_tokens, d_in)."""
 
@@ -351,8 +357,7 @@ class CausalAttention(nn.Module):
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.mask.shape[0]:
-            raise ValueError(f"input has {num_tokens} tokens but context_length is {self.mask.shape[0]}")
+        check_context_length(num_tokens, self.mask.shape[0])
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
         attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
@@ -392,8 +397,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.mask.shape[0]:
-            raise ValueError(f"input has {num_tokens} tokens but context_length is {self.mask.shape[0]}")
+        check_context_length(num_tokens, self.mask.shape[0])
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -463,8 +467,7 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.mask.shape[0]:
-            raise ValueError(f"input has {num_tokens} tokens but context_length is {self.mask.shape[0]}")
+        check_context_length(num_tokens, self.mask.shape[0])
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -477,9 +480,10 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: attention and feed-forward, each with a shortcut."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, attention_cls=None):
         super().__init__()
-        attention_cls = SDPAMultiHeadAttention if cfg.get("use_sdpa", False) else MultiHeadAttention
+        if attention_cls is None:
+            attention_cls = SDPAMultiHeadAttention if cfg.get("use_sdpa", False) else MultiHeadAttention
         self.att = attention_cls(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
             dropout=cfg["drop_rate"], num_heads=cfg["n_heads"], qkv_bias=cfg["qkv_bias"])
@@ -497,27 +501,30 @@ class TransformerBlock(nn.Module):
 class GPTModel(nn.Module):
     """GPT-2 style model: embeddings -> transformer blocks -> final norm -> output head."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, block_cls=TransformerBlock):
         super().__init__()
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.trf_blocks = nn.Sequential(*[block_cls(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, in_idx):
+    def check_input(self, in_idx):
+        """Raise a ValueError unless in_idx is a (batch, seq_len) tensor of ids the model can take."""
         if in_idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
-        batch_size, seq_len = in_idx.shape
         vocab_size, context_length = self.tok_emb.num_embeddings, self.pos_emb.num_embeddings
-        if seq_len > context_length:
-            raise ValueError(f"input has {seq_len} tokens but context_length is {context_length}; "
-                             f"keep only the last {context_length} tokens (generate_text_simple does this)")
+        check_context_length(in_idx.shape[1], context_length, hint=f"; keep only the last {context_length} "
+                             "tokens (generate_text_simple does this)")
         if in_idx.numel() > 0:
             lo, hi = in_idx.min().item(), in_idx.max().item()
             if lo < 0 or hi >= vocab_size:
                 raise ValueError(f"token ids must lie in [0, {vocab_size}), got values from {lo} to {hi}")
+
+    def forward(self, in_idx):
+        self.check_input(in_idx)
+        seq_len = in_idx.shape[1]
         x = self.tok_emb(in_idx) + self.pos_emb(torch.arange(seq_len, device=in_idx.device))
         x = self.final_norm(self.trf_blocks(self.drop_emb(x)))
         return self.out_head(x)  # (batch, seq_len, vocab_size)
