@@ -13,15 +13,16 @@ Apple's MPS or the CPU. A single process; for data-parallel training see ch05/gp
 """
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_range, check_schedule, create_dataloader_v1,
-                               pick_device, plot_losses, plot_lr_schedule, read_text, run_script, train_model)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, add_pretraining_arguments, check_pretraining_arguments,
+                               check_range, check_schedule, create_dataloader_v1, pick_device, plot_losses,
+                               plot_lr_schedule, pretraining_config, read_text, run_script, save_atomic,
+                               train_model)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 
@@ -29,13 +30,7 @@ MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZE
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--text-files", nargs="+", type=Path, default=None,
-                   help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p.add_argument("--model-size", default="124M", help=f"model configuration, one of: {', '.join(MODEL_SIZES)}")
-    p.add_argument("--context-length", type=int, default=256, help="tokens per training window")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW's lr)")
+    add_pretraining_arguments(p, MODEL_SIZES, output_dir="runs/gpt_train_schedule")
     p.add_argument("--initial-lr", type=float, default=None,
                    help="learning rate at step 0 of the warmup (default: a tenth of --lr)")
     p.add_argument("--warmup-ratio", type=float, default=0.0,
@@ -44,23 +39,9 @@ def parse_args(argv=None):
                    help="cosine decay from --lr down to this at the last step (default: no decay)")
     p.add_argument("--grad-clip", type=float, default=None,
                    help="clip the gradient norm to this from the end of the warmup on (default: no clipping)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--drop-rate", type=float, default=0.1)
-    p.add_argument("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p.add_argument("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p.add_argument("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p.add_argument("--output-dir", type=Path, default=Path("runs/gpt_train_schedule"))
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = p.parse_args(argv)
-    if args.model_size not in MODEL_SIZES:
-        p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
-    check_range(p, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(p, args, ("initial_lr", "min_lr", "grad_clip", "warmup_ratio", "weight_decay", "drop_rate",
-                          "val_ratio"))  # finite (or left out)
-    check_range(p, args, ("lr",), 0, low_open=True)
+    check_pretraining_arguments(p, args, MODEL_SIZES)
+    check_range(p, args, ("initial_lr", "min_lr", "grad_clip", "warmup_ratio"))  # finite (or left out)
     if args.initial_lr is None:
         args.initial_lr = args.lr / 10
     if not 0 <= args.initial_lr <= args.lr:
@@ -70,10 +51,9 @@ def parse_args(argv=None):
     check_range(p, args, ("min_lr",), 0)
     if args.min_lr > args.lr:
         p.error(f"--min-lr {args.min_lr} is above the peak --lr {args.lr}; the decay must go down")
-    check_range(p, args, ("warmup_ratio", "drop_rate"), 0, 1, high_open=True)
+    check_range(p, args, ("warmup_ratio",), 0, 1, high_open=True)
     if args.grad_clip is not None and args.grad_clip <= 0:
         p.error(f"--grad-clip must be positive (leave it out for no clipping), got {args.grad_clip}")
-    check_range(p, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
     return args
 
 
@@ -113,18 +93,6 @@ def check_writable(folder):
         raise ValueError(f"--output-dir {folder} is not writable: {exc}") from None
 
 
-def save_atomic(path, write):
-    """Write through write(temporary_path), then move the file into place in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_outputs(args, config, model, history, warmup_steps):
     out = args.output_dir
     save_atomic(out / "model.pth", lambda tmp: torch.save(
@@ -150,8 +118,7 @@ def main(argv=None):
     train_loader, val_loader = make_loaders(text, args)
     total_steps = args.epochs * len(train_loader)
     warmup_steps = warmup_steps_for(args, total_steps)
-    config = {"vocab_size": 50257, "context_length": args.context_length, **MODEL_SIZES[args.model_size],
-              "drop_rate": args.drop_rate, "qkv_bias": False}
+    config = pretraining_config(args, MODEL_SIZES)
     torch.manual_seed(args.seed)
     model = GPTModel(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)  # lr = the peak

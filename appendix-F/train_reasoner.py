@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPTModel, greedy_accuracy, make_problems, pick_device, reasoner_config,
+from previous_chapters import (GPTModel, check_range, greedy_accuracy, make_problems, pick_device, reasoner_config,
                                sample_traces, train_grpo, train_sft)
 
 
@@ -53,10 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, metavar="CKPT", help="save the trained model here (atomically)")
     args = parser.parse_args(argv)
 
-    for name in ("steps", "batch_size", "emb_dim", "n_layers", "n_heads", "n_train", "n_test", "group_size",
-                 "problems_per_step", "n_traces", "eval_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_range(parser, args, ("steps", "batch_size", "emb_dim", "n_layers", "n_heads", "n_train", "n_test",
+                               "group_size", "problems_per_step", "n_traces", "eval_every"), 1)
     if args.digits is not None and not 1 <= args.digits <= 9:
         parser.error(f"--digits must be between 1 and 9, got {args.digits}")
     if args.emb_dim % args.n_heads:
@@ -79,9 +77,9 @@ def parse_args(argv=None):
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             parser.error(f"--output folder is not a writable directory: {folder}")
     try:
-        args.device = pick_device() if args.device == "auto" else torch.device(args.device)
-    except RuntimeError as exc:
-        parser.error(f"--device {args.device!r} is not a valid device: {exc}")
+        args.device = pick_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device {args.device!r}: {exc}")
     return args, parser
 
 

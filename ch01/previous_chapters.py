@@ -286,3 +286,54 @@ def read_text(paths=None):
             raise ValueError(f"text file not found: {path}")
         texts.append(Path(path).read_text(encoding="utf-8"))
     return " <|endoftext|> ".join(texts)
+
+
+def save_atomic(path, write):
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place in one step."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # only left over if write failed
+
+
+def add_pretraining_arguments(parser, model_sizes, output_dir):
+    """Add the options shared by the pretraining scripts to an argparse parser."""
+    p = parser.add_argument
+    p("--text-files", nargs="+", type=Path, default=None,
+      help="plain-text training files (default: the-verdict.txt via the download helper)")
+    p("--model-size", default="124M", help=f"model configuration, one of: {', '.join(model_sizes)}")
+    p("--context-length", type=int, default=256, help="tokens per training window")
+    p("--epochs", type=int, default=10, help="passes over the training text (in all, counting a resumed run's)")
+    p("--batch-size", type=int, default=2, help="windows per batch and process")
+    p("--lr", type=float, default=4e-4, help="AdamW's learning rate (with a schedule: its peak)")
+    p("--weight-decay", type=float, default=0.1)
+    p("--drop-rate", type=float, default=0.1)
+    p("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
+    p("--eval-freq", type=int, default=5, help="evaluate every this many steps")
+    p("--eval-iter", type=int, default=5, help="batches per loss estimate")
+    p("--start-context", default="Every effort moves you", help="prompt of the samples")
+    p("--output-dir", type=Path, default=Path(output_dir))
+    p("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p("--seed", type=int, default=123)
+    p("--no-progress", action="store_true", help="hide the tqdm progress bars")
+
+
+def check_pretraining_arguments(parser, args, model_sizes):
+    """parser.error for the first shared option that is out of range."""
+    if args.model_size not in model_sizes:
+        parser.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(model_sizes)}")
+    check_range(parser, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
+    check_range(parser, args, ("lr",), 0, low_open=True)
+    check_range(parser, args, ("weight_decay",))
+    check_range(parser, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
+    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
+
+
+def pretraining_config(args, model_sizes):
+    """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
+    return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
+            "drop_rate": args.drop_rate, "qkv_bias": False}

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from previous_chapters import GPT_CONFIG_124M
+from previous_chapters import GPT_CONFIG_124M, check_range
 from previous_chapters import GPTModel as ChapterGPTModel
 from previous_chapters import generate_text_simple as chapter_generate
 from gpt_with_kv_cache import GPTModel as CachedGPTModel
@@ -37,12 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+    check_range(parser, args, ("max_new_tokens", "repeats", "threads"), 1)
     return args
 
 

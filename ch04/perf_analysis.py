@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from previous_chapters import GPT_CONFIG_124M, GPTModel
+from previous_chapters import GPT_CONFIG_124M, GPTModel, check_range
 
 VARIANTS = {"chapter": False, "sdpa": True}  # name -> cfg["use_sdpa"]
 
@@ -85,18 +85,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args(argv)
     ctx = GPT_CONFIG_124M["context_length"]
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 1 <= args.seq_len <= ctx:
-        parser.error(f"--seq-len must lie in [1, {ctx}] (the context length), got {args.seq_len}")
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.matmul_size < 64:
-        parser.error(f"--matmul-size must be at least 64, got {args.matmul_size}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
-    if not 0.0 <= args.drop_rate < 1.0:
-        parser.error(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+    check_range(parser, args, ("batch_size", "steps", "threads"), 1)
+    check_range(parser, args, ("seq_len",), 1, ctx)  # at most the context length
+    check_range(parser, args, ("matmul_size",), 64)
+    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
     return args
 
 

@@ -16,11 +16,10 @@ per-tensor checksums). The code itself lives in chapter 5's notebook, section 5.
 "export"), and reaches this script through the generated previous_chapters.py.
 """
 import argparse
-import sys
 
-from previous_chapters import (GPT2_FILES, GPT2_SIZES, GPT2_URLS, DownloadError,  # noqa: F401
-                               check_model_size, download_and_load_gpt2, gpt2_models_dir,
-                               gpt2_remote_file, load_gpt2_from_dir, load_gpt2_params_from_tf_ckpt)
+from previous_chapters import (DownloadError, GPT2_FILES, GPT2_SIZES, GPT2_URLS, check_model_size,  # noqa: F401
+                               download_and_load_gpt2, gpt2_models_dir, gpt2_remote_file, load_gpt2_from_dir,
+                               load_gpt2_params_from_tf_ckpt, run_script)
 
 
 def count_arrays(params):
@@ -53,7 +52,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DownloadError) as exc:
-        sys.exit(f"error: {exc}")
+    run_script(main, expected=(ValueError, DownloadError))

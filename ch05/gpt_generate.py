@@ -20,10 +20,10 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, check_model_size, generate, gpt2_config,
+from previous_chapters import (DownloadError, GPT2_SIZES, GPTModel, check_model_size, generate, gpt2_config,
                                load_gpt2_from_dir, load_gpt2_params_or_standin, load_hf_safetensors_into_gpt,
-                               load_weights_into_gpt, text_to_token_ids, token_ids_to_text,
-                               pick_device)
+                               load_weights_into_gpt, pick_device, run_script, text_to_token_ids,
+                               token_ids_to_text)
 
 
 def parse_args(argv=None):
@@ -106,7 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DownloadError) as exc:
-        sys.exit(f"error: {exc}")
+    run_script(main, expected=(ValueError, DownloadError))

@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, check_range, distributed_env,
-                               evaluate_model, generate_sample, pick_device, plot_losses, read_text, run_script,
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, add_pretraining_arguments,
+                               check_pretraining_arguments, distributed_env, evaluate_model, generate_sample,
+                               pick_device, plot_losses, pretraining_config, read_text, run_script,
                                train_model_simple)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
@@ -33,39 +34,11 @@ CHECKPOINT_NAME = "model_and_optimizer.pth"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--text-files", nargs="+", type=Path, default=None,
-                   help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p.add_argument("--model-size", default="124M",
-                   help=f"model configuration, one of: {', '.join(MODEL_SIZES)}")
-    p.add_argument("--context-length", type=int, default=256, help="tokens per training window")
-    p.add_argument("--epochs", type=int, default=10, help="total epochs (a resumed run continues up to this)")
-    p.add_argument("--batch-size", type=int, default=2, help="windows per batch and process")
-    p.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--drop-rate", type=float, default=0.1)
-    p.add_argument("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p.add_argument("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p.add_argument("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p.add_argument("--output-dir", type=Path, default=Path("runs/gpt_train"))
+    add_pretraining_arguments(p, MODEL_SIZES, output_dir="runs/gpt_train")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = p.parse_args(argv)
-    if args.model_size not in MODEL_SIZES:
-        p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
-    check_range(p, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(p, args, ("lr",), 0, low_open=True)
-    check_range(p, args, ("weight_decay",))
-    check_range(p, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
-    check_range(p, args, ("drop_rate",), 0, 1, high_open=True)
+    check_pretraining_arguments(p, args, MODEL_SIZES)
     return args
-
-
-def model_config(args):
-    return {"vocab_size": 50257, "context_length": args.context_length, **MODEL_SIZES[args.model_size],
-            "drop_rate": args.drop_rate, "qkv_bias": False}
 
 
 def make_dataset(text, tokenizer, context_length, which):
@@ -134,7 +107,7 @@ def main(argv=None):
     try:
         text = read_text(args.text_files)
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
-        config = model_config(args)
+        config = pretraining_config(args, MODEL_SIZES)
         torch.manual_seed(args.seed)
         model = GPTModel(config).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,

@@ -76,7 +76,7 @@ def read_messages(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = pick_device() if args.device == "auto" else torch.device(args.device)
+        device = pick_device(args.device)
         messages = read_messages(args)
         model, ckpt = load_classifier(args.checkpoint, device)
         tokenizer = tiktoken.get_encoding("gpt2")

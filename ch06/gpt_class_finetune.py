@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from previous_chapters import (GPT2_SIZES, SPLIT_NAMES, TRAINABLE_CHOICES, DownloadError, GPTModel, SpamDataset,
                                calc_accuracy_loader, load_pretrained_gpt2, pick_device, plot_values,
-                               prepare_classifier, prepare_spam_csvs, train_classifier_simple)
+                               prepare_classifier, prepare_spam_csvs, save_atomic, train_classifier_simple)
 
 CHECKPOINT_NAME = "classifier.pth"
 CHECKPOINT_KIND = "gpt-spam-classifier"
@@ -162,17 +161,6 @@ def build_model(args, device):
     torch.manual_seed(args.seed)
     prepare_classifier(model, num_classes=len(LABELS), trainable=args.trainable)
     return model.to(device), config, is_standin
-
-
-def save_atomic(path, write):
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def save_outputs(out, model, config, args, max_length, is_standin, metrics, history):

@@ -16,7 +16,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from previous_chapters import format_input, generate, load_finetuned, pick_device
+from previous_chapters import format_input, generate, load_finetuned, pick_device, run_script
 
 EOS_ID = 50256
 
@@ -96,12 +96,13 @@ def main(argv=None, stdin=None):
     return 0
 
 
-if __name__ == "__main__":
+def main_until_interrupted(argv=None):
     try:
-        sys.exit(main())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        return main(argv)
+    except KeyboardInterrupt:  # Ctrl+C ends the chat like /quit
         print()
-        sys.exit(0)
+        return 0
+
+
+if __name__ == "__main__":
+    run_script(main_until_interrupted)

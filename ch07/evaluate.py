@@ -16,13 +16,13 @@ the average, printed as "judge average: 51.20 (108 of 110 scored)".
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import tiktoken
 
 from previous_chapters import (JUDGE_PATHS, JudgeUnreachable, check_instruction_data, judge_responses,
-                               judge_summary, load_finetuned, offline_metrics, pick_device, response_nll)
+                               judge_summary, load_finetuned, offline_metrics, pick_device, response_nll,
+                               run_script)
 
 
 def parse_args(argv=None):
@@ -90,8 +90,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

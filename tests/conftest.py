@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # tests/hermetic.py (loaded by the test command through tests/pytest.ini) pins the stand-in
@@ -37,3 +40,12 @@ def import_path(relpath, name=None):
         if saved is not None:
             sys.modules["previous_chapters"] = saved
     return module
+
+
+@pytest.fixture
+def one_thread():
+    """One thread for the test (tiny models: more threads only add overhead and stall a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,7 @@ TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n_heads": 2, 
         "drop_rate": 0.0, "qkv_bias": True}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: more threads only add overhead (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def tiny_classifier(seed=0, **overrides):

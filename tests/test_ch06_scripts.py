@@ -21,13 +21,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the scripts' subprocesses: one t
 LINE = re.compile(r"^(spam|ham) (0\.\d{3}|1\.000)  (.+)$")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: more threads only add overhead (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def write_splits(folder, n_train=48, n_val=16, n_test=16):

@@ -1,0 +1,287 @@
+"""The helpers the scripts share instead of retyping them: chapter 1's pick_device(name),
+ch01/script-helpers.ipynb's exports (torchrun's environment, the error convention, range checks,
+the training text, atomic saves, the pretraining options), chapter 3's check_context_length,
+chapter 4's attention_cls/block_cls and chapter 5's train_model_simple hooks used by --resume."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, import_path
+from torch.utils.data import DataLoader, TensorDataset
+
+pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_helper_tests")
+kv = import_path("ch04/gpt_with_kv_cache.py")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
+        "qkv_bias": False}
+
+
+# ---- pick_device(name, local_rank)
+
+def test_pick_device_names(monkeypatch):
+    monkeypatch.setenv("LLMS_DEVICE", "cpu")
+    assert pc.pick_device() == pc.pick_device("auto") == pc.pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LLMS_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="LLMS_DEVICE must be cpu, cuda or mps, got 'gpu'"):
+        pc.pick_device("auto")
+    assert pc.pick_device("cpu") == torch.device("cpu")  # an explicit name does not read LLMS_DEVICE
+    for bad in ("tpu", "cuda:x", ""):
+        with pytest.raises(ValueError, match="device"):
+            pc.pick_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+def test_pick_device_refuses_cuda_where_there_is_none(monkeypatch):
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=f"device '{name}' was requested .* CUDA is not available"):
+            pc.pick_device(name)
+    monkeypatch.setenv("LLMS_DEVICE", "cuda")  # the override is checked the same way
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pc.pick_device()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the message where MPS is missing")
+def test_pick_device_refuses_mps_where_there_is_none():
+    with pytest.raises(ValueError, match="MPS is not available"):
+        pc.pick_device("mps")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pick_device_cuda_follows_the_local_rank():
+    n = torch.cuda.device_count()
+    assert pc.pick_device("cuda") == torch.device("cuda")
+    assert pc.pick_device("cuda", local_rank=n - 1).index == n - 1
+    assert pc.pick_device(f"cuda:{n - 1}", local_rank=0).index == n - 1
+    with pytest.raises(ValueError, match=f"only {n} CUDA GPU"):
+        pc.pick_device("cuda", local_rank=n)
+
+
+# ---- torchrun's environment
+
+def test_distributed_env():
+    assert pc.distributed_env({}) == (0, 0, 1, False)
+    assert pc.distributed_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}) == (3, 1, 4, True)
+    with pytest.raises(ValueError, match="found RANK, WORLD_SIZE but not LOCAL_RANK"):
+        pc.distributed_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match=r"RANK=-1 is outside 0..1"):
+        pc.distributed_env({"RANK": "-1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
+
+
+# ---- the error convention: run_script
+
+def run_child(body, env_extra=None):
+    """Run `body` (after `from previous_chapters import run_script`) in ch05's folder."""
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    env.update(env_extra or {})
+    code = "from previous_chapters import run_script\n" + body
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "ch05",
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("body, code, stdout, stderr", [
+    ("def main():\n    raise ValueError('--epochs 0: must be at least 1')\nrun_script(main)", 2, "",
+     "error: --epochs 0: must be at least 1\n"),
+    ("def main():\n    print('ok')\n    return 3\nrun_script(main)", 3, "ok\n", ""),
+    ("def main():\n    return {'a result': 1}\nrun_script(main)", 0, "", ""),  # not an int: success
+    ("def main():\n    raise OSError('disk full')\nrun_script(main, expected=(ValueError, OSError))", 2, "",
+     "error: disk full\n"),
+])
+def test_run_script_exit_codes_and_messages(body, code, stdout, stderr):
+    res = run_child(body)
+    assert (res.returncode, res.stdout, res.stderr) == (code, stdout, stderr)
+
+
+def test_run_script_keeps_the_traceback_of_a_bug():
+    res = run_child("def main():\n    return {}['missing']\nrun_script(main)")
+    assert res.returncode == 1 and "Traceback" in res.stderr and "KeyError" in res.stderr
+
+
+def test_run_script_under_torchrun_leaves_without_teardown():
+    # an atexit handler runs at a normal exit but not after os._exit: proof of the skipped teardown
+    body = ("import atexit\natexit.register(lambda: print('teardown'))\n"
+            "def main():\n    print('trained', end='')\n    return 0\nrun_script(main)")
+    assert run_child(body).stdout == "trainedteardown\n"
+    res = run_child(body, {"WORLD_SIZE": "2"})
+    assert (res.returncode, res.stdout) == (0, "trained")  # flushed, and no teardown
+    res = run_child(body.replace("run_script(main)", "run_script(main, skip_teardown=True)"))
+    assert res.stdout == "trained"
+
+
+# ---- range checks
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (("--epochs", 0, 1), {}, "--epochs must be at least 1, got 0"),
+    (("--epochs", 1, 1), {}, None),
+    (("--lr", 0.0, 0), {"low_open": True}, "--lr must be positive, got 0.0"),
+    (("--lr", 1e-9, 0), {"low_open": True}, None),
+    (("--t", 0.5, 0.5), {"low_open": True}, "--t must be above 0.5, got 0.5"),
+    (("--p", 1.0, None, 1.0), {"high_open": True}, "--p must be below 1.0, got 1.0"),
+    (("--p", 2, None, 1), {}, "--p must be at most 1, got 2"),
+    (("--r", 1.0, 0, 1), {"high_open": True}, "--r must lie in [0, 1), got 1.0"),
+    (("--r", 0.0, 0, 1), {"low_open": True, "high_open": True}, "--r must lie in (0, 1), got 0.0"),
+    (("--r", 1, 0, 1), {}, None),
+    (("--lr", float("nan"), 0), {"low_open": True}, "--lr must be a finite number, got nan"),
+    (("--wd", float("inf")), {}, "--wd must be a finite number, got inf"),
+    (("--wd", None, 0), {}, None),  # an option left out
+])
+def test_range_error(args, kwargs, message):
+    assert pc.range_error(*args, **kwargs) == message
+
+
+def test_check_range_stops_the_parser(capsys):
+    parser = argparse.ArgumentParser(prog="demo.py")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    pc.check_range(parser, parser.parse_args([]), ("batch_size", "threads"), 1)  # fine; None is skipped
+    with pytest.raises(SystemExit) as exc:
+        pc.check_range(parser, parser.parse_args(["--threads", "0"]), ("batch_size", "threads"), 1)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "demo.py: error: --threads must be at least 1, got 0"
+
+
+# ---- the training text, atomic saves, the pretraining options
+
+def test_read_text(tmp_path):
+    (tmp_path / "a.txt").write_text("one", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("two", encoding="utf-8")
+    assert pc.read_text([tmp_path / "a.txt", tmp_path / "b.txt"]) == "one <|endoftext|> two"
+    with pytest.raises(ValueError, match="text file not found: .*c.txt"):
+        pc.read_text([tmp_path / "a.txt", tmp_path / "c.txt"])
+
+
+def test_save_atomic(tmp_path):
+    target = tmp_path / "model.pth"
+    pc.save_atomic(target, lambda tmp: torch.save({"w": torch.ones(2)}, tmp))
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
+
+    def fails(tmp):
+        open(tmp, "wb").write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        pc.save_atomic(target, fails)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_pretraining_arguments(capsys):
+    sizes = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}}
+    parser = argparse.ArgumentParser()
+    pc.add_pretraining_arguments(parser, sizes, output_dir="runs/x")
+    args = parser.parse_args(["--model-size", "tiny", "--context-length", "16"])
+    pc.check_pretraining_arguments(parser, args, sizes)
+    assert (args.epochs, args.lr, args.device, str(args.output_dir)) == (10, 4e-4, "auto", "runs/x")
+    assert pc.pretraining_config(args, sizes) == {"vocab_size": 50257, "context_length": 16, "emb_dim": 32,
+                                                  "n_layers": 2, "n_heads": 2, "drop_rate": 0.1,
+                                                  "qkv_bias": False}
+    for bad, message in [(["--model-size", "huge"], "unknown --model-size 'huge'; valid sizes: tiny"),
+                         (["--model-size", "tiny", "--drop-rate", "1"], "--drop-rate must lie in [0, 1), got 1.0")]:
+        with pytest.raises(SystemExit):
+            pc.check_pretraining_arguments(parser, parser.parse_args(bad), sizes)
+        assert message in capsys.readouterr().err
+
+
+# ---- chapter 3's context check, chapter 4's pluggable attention and block
+
+def test_check_context_length_everywhere():
+    pc.check_context_length(8, 8)  # a full context is fine
+    with pytest.raises(ValueError, match=r"^input has 9 tokens but context_length is 8; crop it$"):
+        pc.check_context_length(9, 8, hint="; crop it")
+    too_long = torch.randn(1, 9, 16)
+    for att in (pc.CausalAttention(16, 16, 8, 0.0), pc.MultiHeadAttention(16, 16, 8, 0.0, 2),
+                pc.SDPAMultiHeadAttention(16, 16, 8, 0.0, 2), kv.MultiHeadAttentionWithCache(16, 16, 8, 0.0, 2)):
+        with pytest.raises(ValueError, match="input has 9 tokens but context_length is 8"):
+            att(too_long)
+    for model in (pc.GPTModel(TINY), kv.GPTModel(TINY)):
+        with pytest.raises(ValueError, match="input has 9 tokens but context_length is 8; keep only the last 8"):
+            model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_attention_and_block_classes_are_parameters():
+    torch.manual_seed(0)
+    block = pc.TransformerBlock(TINY, attention_cls=pc.SDPAMultiHeadAttention)
+    assert type(block.att) is pc.SDPAMultiHeadAttention
+    assert type(pc.TransformerBlock(TINY).att) is pc.MultiHeadAttention
+    assert type(pc.TransformerBlock({**TINY, "use_sdpa": True}).att) is pc.SDPAMultiHeadAttention
+
+    class Marked(pc.TransformerBlock):
+        pass
+
+    assert all(type(b) is Marked for b in pc.GPTModel(TINY, block_cls=Marked).trf_blocks)
+    # the KV-cache model is the chapter's model with another block: same weights, same logits
+    chapter, cached = pc.GPTModel(TINY).eval(), kv.GPTModel(TINY).eval()
+    assert issubclass(kv.GPTModel, kv.ChapterGPTModel) and issubclass(kv.TransformerBlock, kv.ChapterTransformerBlock)
+    cached.load_state_dict(chapter.state_dict())
+    idx = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(chapter(idx), cached(idx), atol=1e-6)
+        assert torch.allclose(chapter(idx)[:, -1], cached(idx, use_cache=True)[:, -1], atol=1e-6)
+
+
+# ---- chapter 5's training loop hooks
+
+def tiny_run():
+    """A deterministic run (fixed batch order) of train_model_simple on random tokens."""
+    torch.manual_seed(1)
+    data = torch.randint(0, 50, (8, 9))
+    loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2, shuffle=False)
+    model = pc.GPTModel(TINY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, optimizer, loader
+
+
+def test_train_hooks_resume_exactly_where_the_run_stopped():
+    quiet = {"log": lambda *a: None, "progress": False, "on_epoch_end": lambda n: None}
+    model, optimizer, loader = tiny_run()
+    straight = pc.train_model_simple(model, loader, loader, optimizer, "cpu", 2, 1, 1, "a", None, **quiet)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, optimizer, loader = tiny_run()
+    state = {}
+    pc.train_model_simple(model, loader, loader, optimizer, "cpu", 1, 1, 1, "a", None, state=state, **quiet)
+    assert state["epoch"] == 1 and state["global_step"] == 3 and state["tokens_seen"] == 4 * 2 * 8
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}
+    model, optimizer, loader = tiny_run()  # a fresh process: restore model, optimizer and progress
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    resumed = pc.train_model_simple(model, loader, loader, optimizer, "cpu", 2, 1, 1, "a", None,
+                                    state={k: checkpoint[k] for k in state}, **quiet)
+    assert resumed == straight  # the same losses and token counts as one uninterrupted run
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_train_hooks_are_called():
+    model, optimizer, loader = tiny_run()
+    epochs_done, logged, estimates = [], [], []
+
+    class EpochSampler(torch.utils.data.SequentialSampler):
+        def set_epoch(self, epoch):
+            epochs_done.append(("set_epoch", epoch))
+
+    loader = DataLoader(loader.dataset, batch_size=2, sampler=EpochSampler(loader.dataset))
+
+    def evaluate(*args):
+        estimates.append(len(args))
+        return 1.0, 2.0
+
+    _, _, tokens = pc.train_model_simple(model, loader, loader, optimizer, "cpu", 2, 2, 1, "a", None,
+                                         evaluate=evaluate, on_epoch_end=lambda n: epochs_done.append(n),
+                                         world_size=3, log=logged.append, progress=False)
+    assert epochs_done == [("set_epoch", 0), 1, ("set_epoch", 1), 2]
+    assert estimates == [5] * 4 and logged[0] == "Ep 1 (step 000000): train loss 1.000, val loss 2.000"
+    assert tokens == [3 * 16 * k for k in (1, 3, 5, 7)]  # world_size x tokens per batch x batches so far
+
+
+def test_train_default_prints_a_sample_per_epoch(capsys):
+    import tiktoken
+    _, _, loader = tiny_run()
+    model = pc.GPTModel({**TINY, "vocab_size": 50257})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pc.train_model_simple(model, loader, loader, optimizer, "cpu", 1, 10, 1, "Hello", tiktoken.get_encoding("gpt2"))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Ep 1 (step 000000): train loss") and out[-1].startswith("Hello")
