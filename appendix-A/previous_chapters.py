@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/script-helpers.ipynb, appendix-A/appendix-A.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/script-helpers.ipynb, appendix-A/appendix-A.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -54,6 +54,8 @@ def pick_device(name="auto", local_rank=0):
         raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
+
+# ---- from ch01/download-helper.ipynb ----
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -277,10 +279,8 @@ def check_range(parser, args, names, low=None, high=None, *, low_open=False, hig
             parser.error(message)
 
 
-def read_text(paths=None):
-    """The text files at `paths` joined with <|endoftext|> (default: the-verdict.txt)."""
-    if paths is None:
-        paths = [download_file("the-verdict.txt")]
+def read_text(paths):
+    """The text files at `paths` joined with <|endoftext|>."""
     texts = []
     for path in paths:
         if not Path(path).is_file():

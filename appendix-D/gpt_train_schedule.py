@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, add_pretraining_arguments, check_pretraining_arguments,
-                               check_range, check_schedule, create_dataloader_v1, pick_device, plot_losses,
-                               plot_lr_schedule, pretraining_config, read_text, run_script, save_atomic,
+                               check_range, check_schedule, create_dataloader_v1, download_file, pick_device,
+                               plot_losses, plot_lr_schedule, pretraining_config, read_text, run_script, save_atomic,
                                train_model)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
@@ -114,7 +114,7 @@ def main(argv=None):
     matplotlib.use("Agg")  # files only, no window
     device = pick_device(args.device)
     check_writable(args.output_dir)
-    text = read_text(args.text_files)
+    text = read_text(args.text_files or [download_file("the-verdict.txt")])
     train_loader, val_loader = make_loaders(text, args)
     total_steps = args.epochs * len(train_loader)
     warmup_steps = warmup_steps_for(args, total_steps)

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, add_pretraining_arguments,
-                               check_pretraining_arguments, distributed_env, evaluate_model, generate_sample,
-                               pick_device, plot_losses, pretraining_config, read_text, run_script,
+                               check_pretraining_arguments, distributed_env, download_file, evaluate_model,
+                               generate_sample, pick_device, plot_losses, pretraining_config, read_text, run_script,
                                train_model_simple)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
@@ -105,7 +105,7 @@ def main(argv=None):
     main_process = rank == 0
     log = print if main_process else (lambda *a, **k: None)
     try:
-        text = read_text(args.text_files)
+        text = read_text(args.text_files or [download_file("the-verdict.txt")])
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
         config = pretraining_config(args, MODEL_SIZES)
         torch.manual_seed(args.seed)
