@@ -43,7 +43,7 @@ BUILDS_ON = {
     "appendix-F": _UP_TO_5,
 }
 # Notebooks that export, per folder (the main notebook unless listed here).
-EXPORTING_NOTEBOOKS = {}
+EXPORTING_NOTEBOOKS = {"ch05": ["ch05/ch05.ipynb", "ch05/fast-path.ipynb"]}
 
 
 class GeneratorError(ValueError):
