@@ -17,6 +17,7 @@ can be compared.
     python ch05/bench_vs_hf.py --device cuda --dtype bf16 --batch-size 8 --seq-len 1024 --compile
 """
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -115,44 +116,87 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_training(model, logits_of, batches, args, device):
-    """Median seconds of one training step (forward, loss, backward, AdamW) after the warm-up steps."""
+def make_stepper(model, logits_of, bf16, args, device):
+    """A function running one training step (forward, loss, backward, AdamW) on a batch; it
+    returns the step's seconds and loss."""
     model.train()
     optimizer = fast_adamw(model, lr=1e-4, weight_decay=0.1)
     step_model = torch.compile(model) if args.compile else model
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else None
-    times, losses = [], []
-    for step, (inputs, targets) in enumerate(batches):
+
+    def step(inputs, targets):
         sync(device)
         t0 = time.perf_counter()
-        with ctx if ctx is not None else torch.enable_grad():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = logits_of(step_model, inputs)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sync(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return statistics.median(times), losses
+        return time.perf_counter() - t0, loss.item()
+    return step
 
 
-def time_generation(run, args, device):
-    """Median seconds of one greedy generation after the warm-up runs, and the ids it produced."""
-    times = []
-    for i in range(args.warmup + args.gen_repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        ids = run()
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), ids
+def time_training(models, batches, args, device, ref_label):
+    """{label: (median seconds per step, median ratio of the reference's step time to this one's
+    (None without a reference), first loss)}.
+
+    Each model's steps alternate with the reference model's (Hugging Face), step by step and in
+    turns, so that a machine busy with other work slows both alike; only two models hold optimizer
+    state at a time.
+    """
+    ref = make_stepper(*models[ref_label], args, device) if ref_label in models else None
+    ref_times, results = [], {}
+    for label, (model, logits_of, bf16) in models.items():
+        if label == ref_label:
+            continue
+        step = make_stepper(model, logits_of, bf16, args, device)
+        times, ratios, losses = [], [], []
+        for i, (inputs, targets) in enumerate(batches):
+            order = [step, ref] if i % 2 else [ref, step]
+            measured = {id(f): f(inputs, targets) for f in order if f is not None}
+            sec, loss = measured[id(step)]
+            losses.append(loss)
+            if i >= args.warmup:
+                times.append(sec)
+                if ref is not None:
+                    ref_times.append(measured[id(ref)][0])
+                    ratios.append(measured[id(ref)][0] / sec)
+        model.zero_grad(set_to_none=True)  # free its gradients (its optimizer goes with `step`)
+        del step
+        results[label] = (statistics.median(times), statistics.median(ratios) if ratios else None, losses[0])
+    if ref is not None:
+        results[ref_label] = (statistics.median(ref_times), 1.0, None)
+    return results
 
 
-def line(label, value, unit, ref):
-    ratio = f"{value / ref:5.2f}x HF" if ref else "   (HF not measured)"
+def time_generation(runs, args, device, ref_label):
+    """{label: (median seconds per generation, median ratio of the reference's time to this one's, ids)}.
+
+    The models take turns, one generation each per round (in a rotating order), so that other
+    work on the machine slows them alike; the first args.warmup rounds are not timed.
+    """
+    labels = list(runs)
+    times = {label: [] for label in labels}
+    ids = {}
+    for r in range(args.warmup + args.gen_repeats):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            sync(device)
+            t0 = time.perf_counter()
+            ids[label] = runs[label]()
+            sync(device)
+            if r >= args.warmup:
+                times[label].append(time.perf_counter() - t0)
+    results = {}
+    for label in labels:
+        ratios = [a / b for a, b in zip(times[ref_label], times[label])] if ref_label in runs else []
+        results[label] = (statistics.median(times[label]), statistics.median(ratios) if ratios else None,
+                          ids[label].cpu())
+    return results
+
+
+def line(label, value, unit, ratio):
+    ratio = f"{ratio:5.2f}x HF" if ratio else "   (HF not measured)"
     return f"  {label:<34} {value:10.1f} {unit}   {ratio}"
 
 
@@ -172,14 +216,20 @@ def main(argv=None):
         chapter.pos_emb.weight.normal_(0.0, 0.02)
         chapter.out_head.weight.copy_(chapter.tok_emb.weight)
     hf = hf_from_chapter(transformers, chapter, cfg) if transformers else None
-    models = {  # label -> (model, function giving its logits)
-        "chapter GPTModel": (chapter, lambda m, x: m(x)),
-        "fast path (untied head)": (fast_from_chapter(chapter, cfg), lambda m, x: m(x)),
-        "fast path (tied head)": (fast_from_chapter(chapter, cfg, tie_weights=True), lambda m, x: m(x)),
+    bf16 = args.dtype == "bf16"
+
+    def logits(m, x):
+        return m(x)
+    models = {  # label -> (model, function giving its logits, bf16 autocast)
+        "chapter GPTModel": (chapter, logits, bf16),
+        "fast path (untied head)": (fast_from_chapter(chapter, cfg), logits, bf16),
+        "fast path (tied head)": (fast_from_chapter(chapter, cfg, tie_weights=True), logits, bf16),
     }
+    if bf16:  # the same fast model without autocast, for the bf16 vs fp32 speed-up in this run
+        models["fast path (tied head) in fp32"] = (fast_from_chapter(chapter, cfg, tie_weights=True), logits, False)
     if hf is not None:
-        models["Hugging Face GPT2LMHeadModel"] = (hf, lambda m, x: m(input_ids=x).logits)
-    for model, _ in models.values():
+        models["Hugging Face GPT2LMHeadModel"] = (hf, lambda m, x: m(input_ids=x).logits, bf16)
+    for model, _, _ in models.values():
         model.to(device)
     gen = torch.Generator().manual_seed(args.seed)
     data = torch.randint(0, cfg["vocab_size"], (args.warmup + args.steps, args.batch_size, args.seq_len + 1),
@@ -191,49 +241,53 @@ def main(argv=None):
     if hf is None:
         print(INSTALL_HF)
 
+    if args.new_tokens > 0:
+        prompt = torch.tensor([PROMPT], device=device)
+        runs = {
+            "chapter generate() (no cache)": (chapter, lambda m: generate(m, prompt, args.new_tokens, CONTEXT_LENGTH)),
+            "fast path generate_fast (KV cache)": (
+                models["fast path (tied head)"][0],
+                lambda m: generate_fast(m, prompt, args.new_tokens, CONTEXT_LENGTH)),
+        }
+        if hf is not None:
+            runs["Hugging Face generate (KV cache)"] = (hf, lambda m: m.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens, do_sample=False))
+        for label, (model, run) in runs.items():  # generation first, from the weights every model shares
+            if bf16:  # bf16 copies; the fp32 models train below
+                runs[label] = (copy.deepcopy(model).to(torch.bfloat16), run)
+            runs[label][0].eval()
+        hf_gen = "Hugging Face generate (KV cache)"
+        with torch.no_grad():
+            results = time_generation({label: (lambda m=m, run=run: run(m)) for label, (m, run) in runs.items()},
+                                      args, device, hf_gen)
+        print(f"greedy generation tokens/s (batch 1, {args.new_tokens} new tokens, median of {args.gen_repeats} "
+              "runs; the models take turns, the ratio is the median of the rounds' ratios):")
+        for label, (sec, ratio, _) in results.items():
+            print(line(label, args.new_tokens / sec, "tokens/s", ratio))
+        ids = [i for _, _, i in results.values()]
+        agree = all(torch.equal(ids[0], i) for i in ids[1:])
+        note = " (bf16 rounding differs between implementations)" if bf16 and not agree else ""
+        print(f"greedy ids of every model agree: {agree}{note}")
+        del runs  # the bf16 copies
+
     tokens = args.batch_size * args.seq_len
-    train = {}
-    for label, (model, logits_of) in models.items():
-        sec, losses = time_training(model, logits_of, batches, args, device)
-        train[label] = (tokens / sec, losses)
-    ref = train.get("Hugging Face GPT2LMHeadModel", (None,))[0]
-    print(f"training tokens/s (median of {args.steps} steps after {args.warmup} warm-up):")
-    for label, (tps, losses) in train.items():
-        print(line(label, tps, "tokens/s", ref))
-    print("first-step losses: " + ", ".join(f"{label} {losses[0]:.4f}" for label, (_, losses) in train.items()))
+    hf_label = "Hugging Face GPT2LMHeadModel"
+    train = time_training(models, batches, args, device, hf_label)
+    print(f"training tokens/s (median of {args.steps} steps after {args.warmup} warm-up; each model's steps "
+          "alternate with Hugging Face's, the ratio is the median of the paired steps' ratios):")
+    for label, (sec, ratio, _) in train.items():
+        print(line(label, tokens / sec, "tokens/s", ratio))
+    if bf16 and hf is not None:
+        speedup = train["fast path (tied head)"][1] / train["fast path (tied head) in fp32"][1]
+        print(f"fast path (tied head), bf16 autocast vs fp32 (both against Hugging Face in bf16): {speedup:.2f}x")
+    losses = [f"{label} {loss:.4f}" for label, (_, _, loss) in train.items() if loss is not None]
+    print("first-step losses (same weights, same batch): " + ", ".join(losses))
     if args.peak_tflops:
         n_params = sum(p.numel() for p in models["fast path (tied head)"][0].parameters())
         flops_per_token = 6 * n_params + 12 * cfg["n_layers"] * cfg["emb_dim"] * args.seq_len
-        for label, (tps, _) in train.items():
-            print(f"  MFU {label}: {100 * tps * flops_per_token / (args.peak_tflops * 1e12):.1f}%")
+        for label, (sec, _, _) in train.items():
+            print(f"  MFU {label}: {100 * tokens / sec * flops_per_token / (args.peak_tflops * 1e12):.1f}%")
 
-    if args.new_tokens == 0:
-        return 0
-    prompt = torch.tensor([PROMPT], device=device)
-    runs = {
-        "chapter generate() (no cache)": (chapter, lambda m: generate(m, prompt, args.new_tokens, CONTEXT_LENGTH)),
-        "fast path generate_fast (KV cache)": (
-            models["fast path (tied head)"][0],
-            lambda m: generate_fast(m, prompt, args.new_tokens, CONTEXT_LENGTH)),
-    }
-    if hf is not None:
-        runs["Hugging Face generate (KV cache)"] = (hf, lambda m: m.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens, do_sample=False))
-    results = {}
-    for label, (model, run) in runs.items():
-        model.eval()
-        if args.dtype == "bf16":
-            model.to(torch.bfloat16)
-        with torch.no_grad():
-            sec, ids = time_generation(lambda: run(model), args, device)
-        results[label] = (args.new_tokens / sec, ids.cpu())
-    ref = results.get("Hugging Face generate (KV cache)", (None,))[0]
-    print(f"greedy generation tokens/s (batch 1, {args.new_tokens} new tokens, median of {args.gen_repeats} runs):")
-    for label, (tps, _) in results.items():
-        print(line(label, tps, "tokens/s", ref))
-    ids = [i for _, i in results.values()]
-    print("greedy ids of every model agree:", all(torch.equal(ids[0], i) for i in ids[1:]))
     if hf is None:
         print(INSTALL_HF)
     return 0
