@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/script-helpers.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch06/ch06.ipynb, appendix-E/appendix-E.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/script-helpers.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch05/fast-path.ipynb, ch06/ch06.ipynb, appendix-E/appendix-E.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import json
 import numpy as np
+import contextlib
 import csv
 import pandas as pd
 
@@ -969,6 +970,228 @@ def load_pretrained_gpt2(model_size="124M", models_dir=None, drop_rate=0.0):
     load_weights_into_gpt(model, params)
     model.eval()
     return model, config, is_standin
+
+
+# ---- from ch05/fast-path.ipynb ----
+
+class FastLayerNorm(LayerNorm):
+    """Chapter 4's LayerNorm (same `scale` and `shift`), computed by PyTorch's fused kernel."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class FastGELU(GELU):
+    """Chapter 4's tanh-approximated GELU as one fused PyTorch call."""
+
+    def forward(self, x):
+        return F.gelu(x, approximate="tanh")
+
+
+class KVCache:
+    """Keys and values of every layer in buffers allocated once, then written in place.
+
+    The buffers hold `max_len` positions; they are created at the first write, with the
+    batch size, heads and dtype of the keys written (so they follow autocast's bf16).
+    """
+
+    def __init__(self, max_len):
+        self.max_len = max_len
+        self.keys = {}
+        self.values = {}
+        self.pos = 0  # tokens stored so far = position of the next token
+
+    def reset(self):
+        self.pos = 0  # the buffers stay; the next writes overwrite them
+
+    def update(self, layer, k, v):
+        """Store k, v of shape (b, heads, n_new, head_dim) at self.pos; return all keys and values so far."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} positions; {self.pos} + {k.shape[2]} do not fit")
+        if layer not in self.keys:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        self.keys[layer][:, :, self.pos:end] = k
+        self.values[layer][:, :, self.pos:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CachedSDPAAttention(SDPAMultiHeadAttention):
+    """Chapter 4's SDPA attention (same parameters and mask buffer) that can also use a KVCache."""
+
+    def forward(self, x, kv_cache=None):
+        if kv_cache is None:
+            return super().forward(x)  # training and plain inference: causal SDPA
+        b, n, _ = x.shape
+        q = self.W_query(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        start = kv_cache.pos
+        keys, values = kv_cache.update(self.layer_idx, k, v)  # (b, heads, start + n, head_dim)
+        if start == 0:    # prefill: the usual causal mask
+            ctx = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        elif n == 1:      # one new token sees every cached key
+            ctx = F.scaled_dot_product_attention(q, keys, values)
+        else:             # several new tokens after a prefix: rows start..start+n of the mask
+            allowed = self.mask[start:start + n, :start + n] == 0
+            ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
+        return self.out_proj(ctx.transpose(1, 2).reshape(b, n, self.d_out))
+
+
+class FastTransformerBlock(TransformerBlock):
+    """Chapter 4's block with fused LayerNorm and GELU and the SDPA attention (same parameter names)."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__(cfg)
+        self.att = CachedSDPAAttention(
+            d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
+            dropout=cfg["drop_rate"], num_heads=cfg["n_heads"], qkv_bias=cfg["qkv_bias"])
+        self.att.layer_idx = layer_idx
+        self.norm1 = FastLayerNorm(cfg["emb_dim"])
+        self.norm2 = FastLayerNorm(cfg["emb_dim"])
+        self.ff.layers[1] = FastGELU()
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class FastGPTModel(GPTModel):
+    """Chapter 4's GPTModel with the fast blocks, no host synchronisation in forward, an optional
+    KV cache and, with tie_weights=True, GPT-2's own layout: the output head shares the token embedding.
+
+    The parameter names are the chapter model's, so a chapter state_dict loads (see load_chapter_weights).
+    """
+
+    def __init__(self, cfg, tie_weights=False):
+        super().__init__(cfg)
+        self.trf_blocks = nn.Sequential(*[FastTransformerBlock(cfg, i) for i in range(cfg["n_layers"])])
+        self.final_norm = FastLayerNorm(cfg["emb_dim"])
+        self.tie_weights = tie_weights
+        if tie_weights:
+            self.out_head.weight = self.tok_emb.weight  # one (vocab, emb) matrix for both
+
+    def forward(self, in_idx, kv_cache=None):
+        # Shape checks only: no .item() or other look at the values (that would wait for the GPU).
+        # Ids outside the vocabulary still fail inside the embedding.
+        if in_idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
+        start = 0 if kv_cache is None else kv_cache.pos
+        seq_len = in_idx.shape[1]
+        if start + seq_len > self.pos_emb.num_embeddings:
+            raise ValueError(f"{start} cached + {seq_len} new tokens exceed context_length "
+                             f"{self.pos_emb.num_embeddings}")
+        pos = torch.arange(start, start + seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
+        for block in self.trf_blocks:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += seq_len
+        return self.out_head(self.final_norm(x))  # (batch, seq_len, vocab_size)
+
+
+def load_chapter_weights(fast_model, state_dict):
+    """Copy a chapter GPTModel's state_dict (same names) into a FastGPTModel; returns the model.
+
+    A tied fast model has one matrix for the embedding and the output head, so the chapter
+    model's two must be equal (as in OpenAI's GPT-2 weights); otherwise this raises ValueError.
+    """
+    if fast_model.tie_weights and not torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"]):
+        raise ValueError("the chapter model's out_head.weight differs from its tok_emb.weight; a tied "
+                         "FastGPTModel holds only one of them: use tie_weights=False")
+    fast_model.load_state_dict(state_dict)
+    return fast_model
+
+
+def fast_from_chapter(chapter_model, cfg, tie_weights=False):
+    """A FastGPTModel with a chapter GPTModel's weights, on the same device and in the same mode."""
+    device = chapter_model.tok_emb.weight.device
+    fast = FastGPTModel(cfg, tie_weights=tie_weights).to(device)
+    load_chapter_weights(fast, chapter_model.state_dict())
+    return fast.train(chapter_model.training)
+
+
+def autocast_dtype(device):
+    """(dtype, reason): torch.bfloat16 where `device` computes in bf16 natively, else (None, why not)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA GPU with bf16"
+        return None, "this CUDA GPU has no bf16: fp32"
+    if device.type == "cpu":
+        try:
+            native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            native = False
+        if native:
+            return torch.bfloat16, "CPU with bf16 instructions (oneDNN)"
+        return None, "this CPU has no native bf16 (it would be emulated, slower): fp32"
+    return None, f"no bf16 autocast on {device.type}: fp32"
+
+
+def autocast(device, enabled=True):
+    """A context manager: bf16 autocast where autocast_dtype chooses it, else nothing (fp32)."""
+    dtype = autocast_dtype(device)[0] if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def maybe_compile(model, enabled=True, **compile_kwargs):
+    """torch.compile(model) when enabled (the first calls are slow while it compiles), else model."""
+    return torch.compile(model, **compile_kwargs) if enabled else model
+
+
+def fast_adamw(model, lr, weight_decay, fused=None):
+    """AdamW over the model's parameters; the fused kernel (CPU and CUDA) unless fused=False."""
+    device = next(model.parameters()).device
+    if fused is None:
+        fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def _next_token(logits, temperature, top_k):
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature > 0.0:
+        return torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1)
+    return torch.argmax(logits, dim=-1, keepdim=True)
+
+
+def generate_fast(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
+    """Chapter 5's generate (same arguments, same tokens) with a preallocated KV cache.
+
+    The prompt (its last context_size tokens) runs once; then each step feeds one token. Once the
+    text outgrows context_size the window slides and every position shifts, so the cache is rebuilt
+    from the last context_size tokens at each step (exact, but no faster than without a cache).
+    eos_id costs one host synchronisation per step (to decide whether to stop).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    if not 1 <= context_size <= model.pos_emb.num_embeddings:
+        raise ValueError(f"context_size must lie in [1, {model.pos_emb.num_embeddings}], got {context_size}")
+    n = idx.shape[1]
+    out = idx.new_empty(idx.shape[0], n + max_new_tokens)  # every token lands here, no torch.cat
+    out[:, :n] = idx
+    cache = KVCache(context_size)
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            if step == 0 or cache.pos == context_size:  # prefill, or rebuild after the window slid
+                cache.reset()
+                logits = model(out[:, max(0, n - context_size):n], kv_cache=cache)[:, -1, :]
+            else:
+                logits = model(out[:, n - 1:n], kv_cache=cache)[:, -1, :]
+            idx_next = _next_token(logits, temperature, top_k)
+            if eos_id is not None and bool((idx_next == eos_id).all()):
+                break
+            out[:, n] = idx_next[:, 0]
+            n += 1
+    return out[:, :n]
 
 
 # ---- from ch06/ch06.ipynb ----

@@ -44,6 +44,8 @@ COMMANDS = {
     "python ch03/bench_attention.py": ["--batch", "1", "--tokens", "16", "--emb-dim", "32", "--heads", "2",
                                        "--repeats", "1", "--warmup", "0"],
     "python ch04/bench_kv_cache.py": ["--max-new-tokens", "2", "--repeats", "1"],
+    "python ch05/bench_vs_hf.py": ["--model-size", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "1",
+                                   "--warmup", "0", "--new-tokens", "3", "--gen-repeats", "1"],
     "python ch04/perf_analysis.py": ["--batch-size", "1", "--seq-len", "8", "--steps", "1",
                                      "--matmul-size", "64"],
     "python tests/generate_previous_chapters.py": ["--check"],       # the same code path, no writes
