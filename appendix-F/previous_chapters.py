@@ -493,22 +493,33 @@ def generate_and_print_sample(model, tokenizer, device, start_context, max_new_t
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer):
-    """Train for `num_epochs`; return (train_losses, val_losses, tokens_seen) at each evaluation."""
+                       eval_freq, eval_iter, start_context, tokenizer, progress="epoch"):
+    """Train for `num_epochs`; return (train_losses, val_losses, tokens_seen) at each evaluation.
+
+    progress: "epoch" (a tqdm bar per epoch), "run" (one bar for the whole run) or None.
+    """
+    if progress not in ("epoch", "run", None):
+        raise ValueError(f"progress must be 'epoch', 'run' or None, got {progress!r}")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; use a longer text or a smaller "
                          "batch size or context length")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
+    run_bar = tqdm(total=num_epochs * len(train_loader), desc="training") if progress == "run" else None
     for epoch in range(num_epochs):
         model.train()
-        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}"):
+        batches = train_loader
+        if progress == "epoch":
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}")
+        for input_batch, target_batch in batches:
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
             tokens_seen += input_batch.numel()
             global_step += 1
+            if run_bar is not None:
+                run_bar.update(1)
             if global_step % eval_freq == 0:
                 train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
                 train_losses.append(train_loss)
@@ -517,6 +528,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                 print(f"Ep {epoch + 1} (step {global_step:06d}): "
                       f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
         generate_and_print_sample(model, tokenizer, device, start_context)
+    if run_bar is not None:
+        run_bar.close()
     return train_losses, val_losses, track_tokens_seen
 
 
