@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, appendix-A/appendix-A.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, appendix-A/appendix-A.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -36,6 +36,8 @@ def pick_device():
         return torch.device("mps")
     return torch.device("cpu")
 
+
+# ---- from ch01/download-helper.ipynb ----
 
 @dataclass(frozen=True)
 class RemoteFile:

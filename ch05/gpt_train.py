@@ -263,6 +263,13 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
     except (ValueError, DownloadError) as exc:
         sys.exit(f"error: {exc}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, skip the interpreter teardown, during which gloo's threads can abort
+        # a process that finished its work (see appendix-A/DDP-script.py's leave()).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

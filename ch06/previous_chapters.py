@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch06/ch06.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch06/ch06.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -43,6 +43,8 @@ def pick_device():
         return torch.device("mps")
     return torch.device("cpu")
 
+
+# ---- from ch01/download-helper.ipynb ----
 
 @dataclass(frozen=True)
 class RemoteFile:

@@ -1,4 +1,4 @@
-"""The download helper from ch01/ch01.ipynb, against a real HTTP server on 127.0.0.1."""
+"""The download helper from ch01/download-helper.ipynb, against a real HTTP server on 127.0.0.1."""
 import dataclasses
 import hashlib
 import http.server
@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from generate_previous_chapters import ROOT, exported_cells
+from generate_previous_chapters import ROOT, exported_cells, exporting_notebooks
 
 PAYLOAD = b"I HAD always thought Jack Gisburn rather a cheap genius\n" * 50
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def load_helper():
-    """Execute the exported cells of ch01 (the single source of the helper) as a module."""
+    """Execute ch01's exported cells (the helper's single source), in the generator's order, as a module."""
     module = types.ModuleType("ch01_download")
-    for index, src, _ in exported_cells(ROOT / "ch01" / "ch01.ipynb"):
-        exec(compile(src, f"ch01/ch01.ipynb cell {index}", "exec"), module.__dict__)
+    for rel in exporting_notebooks("ch01"):
+        for index, src, _ in exported_cells(ROOT / rel):
+            exec(compile(src, f"{rel} cell {index}", "exec"), module.__dict__)
     return module
 
 
