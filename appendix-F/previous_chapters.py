@@ -669,8 +669,11 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     plain loop. state: the progress (epoch, step, tokens, losses) to continue from, updated in
     place as training goes. evaluate: the loss estimate. on_epoch_end(epochs_done): replaces the
     printed sample. world_size: processes training in step (DDP); tokens count them all.
-    log: prints the evaluations. progress: show the tqdm bars.
+    log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
+    whole run) or False.
     """
+    if progress not in (True, False, "run"):
+        raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; use a longer text or a smaller "
                          "batch size or context length")
@@ -678,18 +681,22 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     for key, start in [("epoch", 0), ("global_step", -1), ("tokens_seen", 0), ("train_losses", []),
                        ("val_losses", []), ("track_tokens_seen", [])]:
         state.setdefault(key, start)
+    steps_left = (num_epochs - state["epoch"]) * len(train_loader)
+    run_bar = tqdm(total=steps_left, desc="training") if progress == "run" else None
     for epoch in range(state["epoch"], num_epochs):
         model.train()
         if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler: new shuffle per epoch
             train_loader.sampler.set_epoch(epoch)
         for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}",
-                                              disable=not progress):
+                                              disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
             state["tokens_seen"] += input_batch.numel() * world_size
             state["global_step"] += 1
+            if run_bar is not None:
+                run_bar.update(1)
             if state["global_step"] % eval_freq == 0:
                 train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)
                 state["train_losses"].append(train_loss)
@@ -702,6 +709,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             generate_and_print_sample(model, tokenizer, device, start_context)
         else:
             on_epoch_end(epoch + 1)
+    if run_bar is not None:
+        run_bar.close()
     return state["train_losses"], state["val_losses"], state["track_tokens_seen"]
 
 
