@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, check_range, download_file,
                                format_input, generate_test_responses, instruction_collate, load_instruction_data,
                                load_pretrained_gpt2, pick_device, plot_losses, response_nll, run_script,
-                               save_atomically, save_finetuned, save_json, split_data, train_model_simple)
+                               save_atomic, save_finetuned, save_json, split_data, train_model_simple)
 
 TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
 MODEL_SIZES = ["tiny", *GPT2_SIZES]
@@ -93,7 +93,7 @@ def prepare_output_dir(path):
     """Create the folder and check that we can write there, before any long work."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        save_atomically(path / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        save_atomic(path / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
         (path / ".write-test").unlink()
     except OSError as exc:
         raise ValueError(f"cannot write to --output-dir {path}: {exc.strerror or exc}") from None
@@ -116,7 +116,8 @@ def save_loss_plot(path, epochs, train_losses, val_losses, tokens_seen):
 
     fig = plot_losses(torch.linspace(0, epochs, len(train_losses)), tokens_seen, train_losses, val_losses)
     try:
-        return save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        return path
     finally:
         plt.close(fig)
 

@@ -1367,31 +1367,21 @@ def generate_test_responses(model, tokenizer, entries, device, max_new_tokens=25
             for entry in tqdm(entries, desc="answering", disable=not progress, leave=False)]
 
 
-def save_atomically(path, write):
-    # Call write(temporary_path) in path's folder, then rename the file to `path`.
+def save_json(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    save_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
-
-
-def save_json(obj, path):
-    def write(tmp):
-        Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return save_atomically(path, write)
 
 
 def save_finetuned(model, config, path, **extra):
     # The weights and the configuration that rebuilds the model (GPTModel(config)).
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "config": config, **extra}
-    return save_atomically(path, lambda tmp: torch.save(state, tmp))
+    save_atomic(path, lambda tmp: torch.save(state, tmp))
+    return path
 
 
 def load_finetuned(path, device="cpu"):
