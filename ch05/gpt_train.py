@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTDatasetV1, GPTModel, add_pretraining_arguments,
+from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatasetV1, GPTModel,
+                               add_fast_path_arguments, add_pretraining_arguments, autocast_dtype,
                                check_pretraining_arguments, distributed_env, download_file, evaluate_model,
-                               generate_sample, pick_device, plot_losses, pretraining_config, read_text, run_script,
-                               train_model_simple)
+                               generate_sample, load_chapter_weights, maybe_compile, pick_device, plot_losses,
+                               pretraining_config, read_text, run_script, train_model_simple, training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -36,8 +37,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_pretraining_arguments(p, MODEL_SIZES, output_dir="runs/gpt_train")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    add_fast_path_arguments(p)
     args = p.parse_args(argv)
     check_pretraining_arguments(p, args, MODEL_SIZES)
+    if args.tie_weights and not args.fast:
+        p.error("--tie-weights needs --fast")
     return args
 
 
@@ -68,17 +72,19 @@ def make_loaders(text, args, world_size, rank):
     return tokenizer, train_loader, val_loader
 
 
-def load_checkpoint(path, config, model, optimizer, device):
+def load_checkpoint(path, config, model, optimizer, device, tie_weights=False):
     if not Path(path).is_file():
         raise ValueError(f"--resume checkpoint not found: {path}")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     saved = ckpt.get("config", {})
     diff = [f"{k} {saved.get(k)!r} vs {config[k]!r}" for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
+    if ckpt.get("tie_weights", False) != tie_weights:
+        diff.append(f"tie_weights {ckpt.get('tie_weights', False)} vs {tie_weights}")
     if diff:
         raise ValueError(f"--resume checkpoint {Path(path).name} was trained with another configuration "
                          f"(checkpoint vs this run: {'; '.join(diff)}); pass the same --model-size and "
-                         f"--context-length, or start a new run")
-    model.load_state_dict(ckpt["model"])
+                         f"--context-length (and --tie-weights), or start a new run")
+    load_chapter_weights(model, ckpt["model"])  # GPTModel or FastGPTModel: the same names
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt
 
@@ -109,12 +115,12 @@ def main(argv=None):
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
         config = pretraining_config(args, MODEL_SIZES)
         torch.manual_seed(args.seed)
-        model = GPTModel(config).to(device)
+        model = (FastGPTModel(config, tie_weights=args.tie_weights) if args.fast else GPTModel(config)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                       fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
         state = {"epoch": 0}  # train_model_simple adds the rest of the progress
         if args.resume is not None:
-            ckpt = load_checkpoint(args.resume, config, model, optimizer, device)
+            ckpt = load_checkpoint(args.resume, config, model, optimizer, device, args.tie_weights)
             state = {k: ckpt[k] for k in ("epoch", "global_step", "tokens_seen",
                                           "train_losses", "val_losses", "track_tokens_seen")}
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")
@@ -122,9 +128,13 @@ def main(argv=None):
             log(f"the checkpoint has already trained {state['epoch']} epochs; raise --epochs to continue")
             return 0
         raw_model = model
+        if args.bf16:
+            log(f"--bf16: {autocast_dtype(device)[1]}")
+        model = training_view(raw_model, device, bf16=args.bf16)  # the model itself unless --bf16
         if world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        model = maybe_compile(model, enabled=args.compile)
         log(f"model {args.model_size}: {sum(p.numel() for p in raw_model.parameters()):,} parameters | "
             f"device {device.type} | processes {world_size} | training batches per process {len(train_loader)}")
         samples, start = [], time.time()
@@ -158,7 +168,8 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT_NAME
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
-                "model_size": args.model_size, "world_size": world_size, **state}, path)
+                "model_size": args.model_size, "world_size": world_size,
+                "tie_weights": args.tie_weights, **state}, path)
     print(f"saved checkpoint: {path}")
     if state["train_losses"]:
         import matplotlib

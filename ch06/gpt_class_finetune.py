@@ -33,8 +33,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from previous_chapters import (GPT2_SIZES, SPLIT_NAMES, TRAINABLE_CHOICES, DownloadError, GPTModel, SpamDataset,
-                               calc_accuracy_loader, load_pretrained_gpt2, pick_device, plot_values,
-                               prepare_classifier, prepare_spam_csvs, save_atomic, train_classifier_simple)
+                               add_fast_path_arguments, autocast_dtype, calc_accuracy_loader, fast_from_chapter,
+                               load_pretrained_gpt2, pick_device, plot_values, prepare_classifier, prepare_spam_csvs,
+                               save_atomic, train_classifier_simple, training_view)
 
 CHECKPOINT_NAME = "classifier.pth"
 CHECKPOINT_KIND = "gpt-spam-classifier"
@@ -75,6 +76,7 @@ def parse_args(argv=None):
                    help=f"where to write {', '.join(OUTPUTS)} (default: a fresh {DEFAULT_RUNS}/run-N)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing the outputs in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    add_fast_path_arguments(p, tie_weights=False)  # the classifier's head is its own, never tied
     args = p.parse_args(argv)
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
@@ -155,6 +157,8 @@ def build_model(args, device):
         model, config, is_standin = GPTModel(TINY), dict(TINY), False
     else:
         model, config, is_standin = load_pretrained_gpt2(args.model_size, drop_rate=0.0)
+    if args.fast:
+        model = fast_from_chapter(model, config)  # same weights, same results, faster
     if args.max_length is not None and args.max_length > config["context_length"]:
         raise ValueError(f"--max-length {args.max_length} exceeds the model's context length "
                          f"{config['context_length']}")
@@ -208,8 +212,11 @@ def run(args):
           f"padded to {train_ds.max_length} tokens")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
+    if args.bf16:
+        print(f"--bf16: {autocast_dtype(device)[1]}")
     start = time.time()
-    history = train_classifier_simple(model, train_loader, val_loader, optimizer, device, args.epochs,
+    trained = training_view(model, device, args.bf16, args.compile)  # `model` itself unless --bf16/--compile
+    history = train_classifier_simple(trained, train_loader, val_loader, optimizer, device, args.epochs,
                                       args.eval_freq, args.eval_iter, progress=not args.no_progress)
     seconds = time.time() - start
     metrics = {"train_accuracy": calc_accuracy_loader(train_loader, model, device),

@@ -1089,9 +1089,8 @@ class FastGPTModel(GPTModel):
             raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
         start = 0 if kv_cache is None else kv_cache.pos
         seq_len = in_idx.shape[1]
-        if start + seq_len > self.pos_emb.num_embeddings:
-            raise ValueError(f"{start} cached + {seq_len} new tokens exceed context_length "
-                             f"{self.pos_emb.num_embeddings}")
+        check_context_length(start + seq_len, self.pos_emb.num_embeddings,
+                             f" ({start} cached + {seq_len} new)")
         pos = torch.arange(start, start + seq_len, device=in_idx.device)
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         for block in self.trf_blocks:
@@ -1107,7 +1106,7 @@ def load_chapter_weights(fast_model, state_dict):
     A tied fast model has one matrix for the embedding and the output head, so the chapter
     model's two must be equal (as in OpenAI's GPT-2 weights); otherwise this raises ValueError.
     """
-    if fast_model.tie_weights and not torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"]):
+    if getattr(fast_model, "tie_weights", False) and not torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"]):
         raise ValueError("the chapter model's out_head.weight differs from its tok_emb.weight; a tied "
                          "FastGPTModel holds only one of them: use tie_weights=False")
     fast_model.load_state_dict(state_dict)
@@ -1159,6 +1158,39 @@ def fast_adamw(model, lr, weight_decay, fused=None):
     if fused is None:
         fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+class AutocastModel(nn.Module):
+    """`model` with its forward under autocast(device); returns float32 outputs, ready for the loss."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model = model
+        self.device = torch.device(device)
+
+    def forward(self, *args, **kwargs):
+        with autocast(self.device):
+            return self.model(*args, **kwargs).float()
+
+
+def training_view(model, device, bf16=False, compile=False):
+    """The module to train with: `model` under bf16 autocast and/or torch.compile, as asked."""
+    if bf16:
+        model = AutocastModel(model, device)
+    return maybe_compile(model, enabled=compile)
+
+
+def add_fast_path_arguments(parser, tie_weights=True):
+    """The fast path's flags (--fast, --tie-weights, --bf16, --compile) for a training script."""
+    group = parser.add_argument_group("fast path (ch05/fast-path.ipynb; same results, faster)")
+    group.add_argument("--fast", action="store_true",
+                       help="FastGPTModel: SDPA attention, fused layer norm and GELU, no host sync in forward")
+    if tie_weights:
+        group.add_argument("--tie-weights", action="store_true",
+                           help="with --fast: the output head shares the token embedding (GPT-2's layout)")
+    group.add_argument("--bf16", action="store_true",
+                       help="bf16 autocast while training where the device supports it (otherwise fp32, said at the start)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the training model (the first steps are slow)")
 
 
 def _next_token(logits, temperature, top_k):

@@ -27,10 +27,12 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, check_range, download_file,
-                               format_input, generate_test_responses, instruction_collate, load_instruction_data,
-                               load_pretrained_gpt2, pick_device, plot_losses, response_nll, run_script,
-                               save_atomic, save_finetuned, save_json, split_data, train_model_simple)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, add_fast_path_arguments,
+                               autocast_dtype, check_range, download_file, fast_from_chapter, format_input,
+                               generate_and_print_sample, generate_test_responses, instruction_collate,
+                               load_instruction_data, load_pretrained_gpt2, pick_device, plot_losses, response_nll,
+                               run_script, save_atomic, save_finetuned, save_json, split_data, train_model_simple,
+                               training_view)
 
 TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
 MODEL_SIZES = ["tiny", *GPT2_SIZES]
@@ -64,7 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     p.add_argument("--seed", type=int, default=123, help="default: 123")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
+    add_fast_path_arguments(p)
     args = p.parse_args(argv)
+    if args.tie_weights and not args.fast:
+        p.error("--tie-weights needs --fast")
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
     check_range(p, args, ("epochs", "batch_size", "eval_freq", "eval_iter", "max_new_tokens", "max_examples",
@@ -137,6 +142,8 @@ def main(argv=None):
     prepare_output_dir(out)
 
     model, config, is_standin = load_model(args)
+    if args.fast:  # GPT-2's head equals its embedding, so --tie-weights keeps the results
+        model = fast_from_chapter(model, config, tie_weights=args.tie_weights)
     model.to(device)
     tokenizer = tiktoken.get_encoding("gpt2")
     collate = partial(instruction_collate, device=device, allowed_max_length=config["context_length"],
@@ -154,11 +161,16 @@ def main(argv=None):
     print(f"reference-answer NLL before fine-tuning: {nll_before:.3f}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
+    if args.bf16:
+        print(f"--bf16: {autocast_dtype(device)[1]}")
     start = time.time()
     torch.manual_seed(args.seed)
+    start_context = format_input(val_data[0])
     train_losses, val_losses, tokens_seen = train_model_simple(
-        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq, args.eval_iter,
-        start_context=format_input(val_data[0]), tokenizer=tokenizer)
+        training_view(model, device, args.bf16, args.compile),  # `model` itself unless --bf16/--compile
+        train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq, args.eval_iter,
+        start_context=start_context, tokenizer=tokenizer,
+        on_epoch_end=lambda _: generate_and_print_sample(model, tokenizer, device, start_context))
     print(f"training took {(time.time() - start) / 60:.2f} min")
     nll_after = response_nll(model, test_data, tokenizer, device, args.batch_size)
     print(f"reference-answer NLL after fine-tuning: {nll_after:.3f}")
