@@ -10,7 +10,8 @@ Without --safetensors the weights come from OpenAI's files: from --weights-dir i
 (default: the download cache). When they cannot be downloaded and LLMS_STANDIN_WEIGHTS=1 is set,
 a small random stand-in model is used instead, with a loud banner (see chapter 5, section 5.5).
 For --safetensors the configuration is read from Hugging Face's config.json beside the file when
-there is one, else taken from --model-size.
+there is one, else taken from --model-size. A --weights-dir that does not exist is an error (it is
+never created for a mistyped name). --max-new-tokens is capped at MAX_NEW_TOKENS (10,000).
 """
 import argparse
 import json
@@ -22,8 +23,10 @@ import torch
 
 from previous_chapters import (DownloadError, GPT2_SIZES, GPTModel, check_model_size, generate, gpt2_config,
                                load_gpt2_from_dir, load_gpt2_params_or_standin, load_hf_safetensors_into_gpt,
-                               load_weights_into_gpt, pick_device, run_script, text_to_token_ids,
+                               load_weights_into_gpt, pick_device, range_error, run_script, text_to_token_ids,
                                token_ids_to_text)
+
+MAX_NEW_TOKENS = 10_000  # the whole answer is printed at the end: cap it so a typo cannot run for hours
 
 
 def parse_args(argv=None):
@@ -35,7 +38,7 @@ def parse_args(argv=None):
                      help="folder with OpenAI's files, or the folder holding one subfolder per size")
     src.add_argument("--safetensors", type=Path, default=None, help="a Hugging Face GPT-2 model.safetensors")
     p.add_argument("--prompt", default="Every effort moves you")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=50, help=f"tokens to generate, 0 to {MAX_NEW_TOKENS:,}")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--seed", type=int, default=123)
@@ -47,12 +50,20 @@ def parse_args(argv=None):
         p.error(str(exc))
     if args.max_new_tokens < 0:
         p.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.max_new_tokens > MAX_NEW_TOKENS:
+        p.error(f"--max-new-tokens must be at most {MAX_NEW_TOKENS:,}, got {args.max_new_tokens:,}")
+    if range_error("--temperature", args.temperature) is not None:  # nan, inf
+        p.error(range_error("--temperature", args.temperature))
     if args.temperature < 0:
         p.error(f"--temperature must be >= 0 (0 means greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
     if not args.prompt:
         p.error("--prompt must not be empty")
+    if args.weights_dir is not None and not args.weights_dir.is_dir():
+        what = "is not a folder" if args.weights_dir.exists() else "does not exist"
+        p.error(f"--weights-dir {args.weights_dir} {what}; create it first or leave the option out "
+                "to use the download cache")
     if args.safetensors is not None and not args.safetensors.is_file():
         p.error(f"--safetensors file not found: {args.safetensors}")
     return args
