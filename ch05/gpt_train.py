@@ -7,12 +7,17 @@
 
 The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
 validates it. The output folder receives model_and_optimizer.pth (model, optimizer, configuration
-and progress: continue with --resume), loss.png and samples.txt. It runs on CUDA, Apple's MPS or
-the CPU. Ctrl+C stops a single-process run early and still saves. Under torchrun every process
+and progress: continue with --resume), loss.png and samples.txt; the output folder is checked
+(created, writable) before training, and the checkpoint and plot are written to a temporary file
+and renamed into place, so an interruption leaves the previous ones intact. --resume continues
+with this run's --lr and --weight-decay (it says so when they differ from the checkpoint's). It
+runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early and still saves. Under torchrun every process
 trains on its own share of the batches (a distributed sampler) with DistributedDataParallel (nccl
 on CUDA, gloo on the CPU); only the first process prints, plots and saves.
 """
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +30,8 @@ from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatas
                                add_fast_path_arguments, add_pretraining_arguments, autocast_dtype,
                                check_pretraining_arguments, distributed_env, download_file, evaluate_model,
                                generate_sample, load_chapter_weights, maybe_compile, pick_device, plot_losses,
-                               pretraining_config, read_text, run_script, train_model_simple, training_view)
+                               pretraining_config, read_text, run_script, save_atomic, train_model_simple,
+                               training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -42,7 +48,42 @@ def parse_args(argv=None):
     check_pretraining_arguments(p, args, MODEL_SIZES)
     if args.tie_weights and not args.fast:
         p.error("--tie-weights needs --fast")
+    if not args.start_context.strip():
+        p.error(f"--start-context must contain some text (it is the samples' prompt), got {args.start_context!r}")
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        p.error(problem)
     return args
+
+
+def output_dir_problem(path):
+    """None if a file can be written in the folder `path` (or in its nearest existing parent, where
+    the folder will be created); else why not. Creates nothing that stays."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        return f"--output-dir {path}{where} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"--output-dir {path} cannot be created or written: {exc.strerror or exc}"
+    return None
+
+
+def apply_optimizer_settings(optimizer, lr, weight_decay):
+    """Set this run's lr and weight decay in a loaded optimizer; ['name old -> new', ...] for those changed."""
+    changes = []
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        old = optimizer.param_groups[0][name]
+        if old != value:
+            changes.append(f"{name} {old:g} -> {value:g}")
+        for group in optimizer.param_groups:
+            group[name] = value
+    return changes
 
 
 def make_dataset(text, tokenizer, context_length, which):
@@ -124,6 +165,8 @@ def main(argv=None):
             state = {k: ckpt[k] for k in ("epoch", "global_step", "tokens_seen",
                                           "train_losses", "val_losses", "track_tokens_seen")}
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")
+            for change in apply_optimizer_settings(optimizer, args.lr, args.weight_decay):
+                log(f"--resume: optimizer {change} (this run's setting replaces the checkpoint's)")
         if state["epoch"] >= args.epochs:
             log(f"the checkpoint has already trained {state['epoch']} epochs; raise --epochs to continue")
             return 0
@@ -167,16 +210,17 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT_NAME
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
-                "model_size": args.model_size, "world_size": world_size,
-                "tie_weights": args.tie_weights, **state}, path)
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
+                  "model_size": args.model_size, "world_size": world_size,
+                  "tie_weights": args.tie_weights, **state}
+    save_atomic(path, lambda tmp: torch.save(checkpoint, tmp))  # an interruption keeps the old file
     print(f"saved checkpoint: {path}")
     if state["train_losses"]:
         import matplotlib
         matplotlib.use("Agg")  # files only, no window
         epochs = torch.linspace(0, state["epoch"], len(state["train_losses"]))
         fig = plot_losses(epochs, state["track_tokens_seen"], state["train_losses"], state["val_losses"])
-        fig.savefig(out / "loss.png", dpi=120)
+        save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120))
         print(f"saved loss plot: {out / 'loss.png'}")
     with open(out / "samples.txt", "a", encoding="utf-8") as f:
         f.writelines(s + "\n" for s in samples)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+import torch
+from conftest import ROOT, import_path
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
              "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
@@ -23,7 +24,17 @@ CASES = [
     ("ch05/gpt_generate.py", ["--max-new-tokens", "-1"], "--max-new-tokens"),
     ("ch05/gpt_generate.py", ["--weights-dir", "{tmp}/mistyped"], "--weights-dir"),
     ("ch05/gpt_generate.py", ["--weights-dir", "{tmp}/existing.txt"], "--weights-dir"),
+    # gpt_train.py: each must fail before reading the text or building a model
+    ("ch05/gpt_train.py", ["--start-context", ""], "--start-context"),
+    ("ch05/gpt_train.py", ["--start-context", "  \n "], "--start-context"),
+    ("ch05/gpt_train.py", ["--output-dir", "{tmp}/existing.txt"], "--output-dir"),
+    ("ch05/gpt_train.py", ["--output-dir", "{tmp}/existing.txt/run"], "--output-dir"),
+    ("ch05/gpt_train.py", ["--output-dir", "/proc/no-such-run"], "--output-dir"),
+    ("ch05/gpt_train.py", ["--lr", "inf"], "--lr"),
+    ("ch05/gpt_train.py", ["--lr", "nan"], "--lr"),
+    ("ch05/gpt_train.py", ["--lr", "-1e-3"], "--lr"),
 ]
+TRAIN_BASE = ["--text-files", "{text}", "--output-dir", "{tmp}/run"] + TINY + ["--epochs", "1"]  # bad ones win
 
 
 def run_case(script, args, tmp_path):
@@ -31,6 +42,8 @@ def run_case(script, args, tmp_path):
     text.write_text(TEXT, encoding="utf-8")
     existing = tmp_path / "existing.txt"
     existing.write_text("keep me", encoding="utf-8")
+    if script.endswith("gpt_train.py"):
+        args = TRAIN_BASE + args  # the last of a repeated option counts
     args = [a.format(tmp=tmp_path, text=text) for a in args]
     result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
@@ -46,3 +59,47 @@ def test_bad_input_is_a_clear_error(script, args, flag, tmp_path):
     assert len(errors) == 1 and flag in errors[0], result.stderr
     assert existing.read_text(encoding="utf-8") == "keep me"
     assert not (tmp_path / "mistyped").exists()  # nothing created for a mistyped folder
+    assert not (tmp_path / "run").exists()  # failed before any work: no output folder
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """gpt_train imported, and a 1-epoch tiny run in tmp_path/run: (module, args, checkpoint path)."""
+    train = import_path("ch05/gpt_train.py")
+    text = tmp_path / "story.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["--text-files", str(text), "--output-dir", str(out)] + TINY
+    assert train.main(args + ["--epochs", "1"]) == 0
+    return train, args, out / train.CHECKPOINT_NAME
+
+
+def test_resume_applies_a_new_learning_rate(trained, capsys):
+    train, args, ckpt_path = trained
+    assert torch.load(ckpt_path, weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 3e-3
+    capsys.readouterr()
+    assert train.main(args + ["--epochs", "2", "--resume", str(ckpt_path), "--lr", "1e-4"]) == 0
+    assert "optimizer lr 0.003 -> 0.0001" in capsys.readouterr().out
+    resumed = torch.load(ckpt_path, weights_only=True)
+    assert resumed["epoch"] == 2
+    assert {g["lr"] for g in resumed["optimizer"]["param_groups"]} == {1e-4}
+
+
+def test_a_save_failing_halfway_leaves_the_previous_checkpoint(trained, monkeypatch):
+    train, args, ckpt_path = trained
+    before = ckpt_path.read_bytes()
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:  # a truncated file, as a second Ctrl+C mid-write would leave
+            fh.truncate(len(before) // 2)
+        raise KeyboardInterrupt("interrupted while saving")
+
+    monkeypatch.setattr(train.torch, "save", save_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args + ["--epochs", "2", "--resume", str(ckpt_path)])
+    monkeypatch.undo()
+    assert ckpt_path.read_bytes() == before
+    assert torch.load(ckpt_path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in ckpt_path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left over
