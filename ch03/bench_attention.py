@@ -28,7 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads, at least 1 (default: PyTorch's)")
     parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS),
                         help="implementations to time (the chapter's is always included as the reference)")
     parser.add_argument("--device", default="cpu")
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     for name in ("batch", "tokens", "emb_dim", "heads", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1 (leave it out for PyTorch's default), got {args.threads}")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, got {args.warmup}")
     if args.emb_dim % args.heads:
@@ -96,7 +99,7 @@ def benchmark(modules, x, repeats, warmup, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(123)

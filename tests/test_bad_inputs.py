@@ -33,6 +33,8 @@ CASES = [
     ("ch05/gpt_train.py", ["--lr", "inf"], "--lr"),
     ("ch05/gpt_train.py", ["--lr", "nan"], "--lr"),
     ("ch05/gpt_train.py", ["--lr", "-1e-3"], "--lr"),
+    ("ch03/bench_attention.py", ["--threads", "0"], "--threads"),
+    ("ch03/bench_attention.py", ["--threads", "-2"], "--threads"),
 ]
 TRAIN_BASE = ["--text-files", "{text}", "--output-dir", "{tmp}/run"] + TINY + ["--epochs", "1"]  # bad ones win
 
