@@ -46,6 +46,8 @@ def validate(args, world_size, num_train):
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not args.lr <= torch.finfo(torch.float32).max:  # inf, or a step SGD cannot apply to float32 weights
+        raise ValueError(f"--lr must be finite and at most {torch.finfo(torch.float32).max:.3g}, got {args.lr}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     per_rank = math.ceil(num_train / world_size)
@@ -101,6 +103,9 @@ def train(args, rank, world_size, device):
         for features, labels in loader:
             features, labels = features.to(device), labels.to(device)
             loss = F.cross_entropy(ddp_model(features), labels)
+            if not torch.isfinite(loss):  # stop instead of training on NaN
+                raise ValueError(f"the training loss became {loss.item()} in epoch {epoch + 1}, batch "
+                                 f"{batches + 1} (--lr {args.lr:g}); lower --lr")
             optimizer.zero_grad()
             loss.backward()  # DDP averages the gradients over all ranks here
             optimizer.step()

@@ -669,7 +669,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     place as training goes. evaluate: the loss estimate. on_epoch_end(epochs_done): replaces the
     printed sample. world_size: processes training in step (DDP); tokens count them all.
     log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
-    whole run) or False.
+    whole run) or False. A non-finite training loss stops the run with a ValueError naming the
+    step and the learning rate, before that step updates the weights.
     """
     if progress not in (True, False, "run"):
         raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
@@ -690,6 +691,11 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                               disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
+            if not torch.isfinite(loss):  # stop before a NaN/inf step spoils the weights
+                raise ValueError(
+                    f"the training loss became {loss.item()} at step {state['global_step'] + 1} "
+                    f"(learning rate {optimizer.param_groups[0]['lr']:g}); nothing after the last "
+                    f"good checkpoint was saved; lower the learning rate (--lr)")
             loss.backward()
             optimizer.step()
             state["tokens_seen"] += input_batch.numel() * world_size

@@ -33,6 +33,10 @@ CASES = [
     ("ch05/gpt_train.py", ["--lr", "inf"], "--lr"),
     ("ch05/gpt_train.py", ["--lr", "nan"], "--lr"),
     ("ch05/gpt_train.py", ["--lr", "-1e-3"], "--lr"),
+    ("ch05/gpt_train.py", ["--lr", "1e30"], "--lr"),  # trains one step, then the loss is NaN
+    ("appendix-A/DDP-script.py", ["--lr", "1e30", "--device", "cpu"], "--lr"),  # one process, no torchrun
+    ("appendix-A/DDP-script.py", ["--lr", "inf", "--device", "cpu"], "--lr"),
+    ("appendix-A/DDP-script.py", ["--lr", "1e300", "--device", "cpu"], "--lr"),  # beyond float32
     ("ch03/bench_attention.py", ["--threads", "0"], "--threads"),
     ("ch03/bench_attention.py", ["--threads", "-2"], "--threads"),
 ]
@@ -105,3 +109,19 @@ def test_a_save_failing_halfway_leaves_the_previous_checkpoint(trained, monkeypa
     assert ckpt_path.read_bytes() == before
     assert torch.load(ckpt_path, weights_only=True)["epoch"] == 1
     assert [p.name for p in ckpt_path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left over
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_checkpoint(trained):
+    train, args, ckpt_path = trained
+    before = ckpt_path.read_bytes()
+    result = subprocess.run([sys.executable, str(ROOT / "ch05/gpt_train.py"), *args, "--epochs", "2",
+                             "--resume", str(ckpt_path), "--lr", "1e30"], capture_output=True, text=True,
+                            timeout=120, cwd=ckpt_path.parent.parent)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    first_step = torch.load(ckpt_path, weights_only=True)["global_step"] + 1
+    assert len(error) == 1 and ("nan" in error[0] or "inf" in error[0]) and "1e+30" in error[0], result.stderr
+    assert f"at step {first_step + 1} " in error[0]  # the first step ran on a finite loss, the next did not
+    assert ckpt_path.read_bytes() == before
+    assert sorted(p.name for p in ckpt_path.parent.iterdir()) == sorted(["loss.png", "samples.txt", ckpt_path.name])
