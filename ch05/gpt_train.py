@@ -8,8 +8,11 @@
 The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
 validates it. The output folder receives model_and_optimizer.pth (model, optimizer, configuration
 and progress: continue with --resume), loss.png and samples.txt; the output folder is checked
-(created, writable) before training, and the checkpoint and plot are written to a temporary file
-and renamed into place, so an interruption leaves the previous ones intact. --resume continues
+(created, writable) before training, and every output is written to a temporary file and renamed
+into place, so an interruption leaves the previous ones intact. A folder that already holds a
+run's outputs is refused before any work unless --resume continues from the checkpoint in it
+(samples.txt then keeps the earlier samples) or --overwrite replaces them. A non-finite training
+loss stops the run with an error (nothing is saved, the previous checkpoint stays). --resume continues
 with this run's --lr and --weight-decay (it says so when they differ from the checkpoint's). It
 runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early and still saves. Under torchrun every process
 trains on its own share of the batches (a distributed sampler) with DistributedDataParallel (nccl
@@ -36,13 +39,19 @@ from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatas
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
 CHECKPOINT_NAME = "model_and_optimizer.pth"
+OUTPUT_NAMES = (CHECKPOINT_NAME, "loss.png", "samples.txt")  # what a run leaves in --output-dir
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_pretraining_arguments(p, MODEL_SIZES, output_dir="runs/gpt_train")
-    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="checkpoint to continue from; when it lies in --output-dir, that folder's "
+                        "earlier outputs are continued (samples.txt keeps the earlier samples)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --output-dir; without it (or --resume from "
+                        "the checkpoint in that folder) a folder holding them is refused before training")
     add_fast_path_arguments(p)
     args = p.parse_args(argv)
     check_pretraining_arguments(p, args, MODEL_SIZES)
@@ -53,7 +62,17 @@ def parse_args(argv=None):
     problem = output_dir_problem(args.output_dir)
     if problem:
         p.error(problem)
+    earlier = [name for name in OUTPUT_NAMES if (args.output_dir / name).exists()]
+    if earlier and not args.overwrite and not resumes_into_output_dir(args):
+        p.error(f"--output-dir {args.output_dir} already holds a run's outputs ({', '.join(earlier)}); "
+                f"continue that run with --resume {args.output_dir / CHECKPOINT_NAME}, replace them with "
+                f"--overwrite, or choose another --output-dir")
     return args
+
+
+def resumes_into_output_dir(args):
+    """True if --resume names a checkpoint inside --output-dir (this run continues that folder's run)."""
+    return args.resume is not None and args.resume.resolve().parent == args.output_dir.resolve()
 
 
 def output_dir_problem(path):
@@ -222,9 +241,13 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
         fig = plot_losses(epochs, state["track_tokens_seen"], state["train_losses"], state["val_losses"])
         save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120))
         print(f"saved loss plot: {out / 'loss.png'}")
-    with open(out / "samples.txt", "a", encoding="utf-8") as f:
-        f.writelines(s + "\n" for s in samples)
-    print(f"saved samples: {out / 'samples.txt'}")
+    samples_path = out / "samples.txt"
+    earlier = ""
+    if resumes_into_output_dir(args) and samples_path.is_file():  # continuing this folder's run
+        earlier = samples_path.read_text(encoding="utf-8", errors="replace")
+    text = earlier + "".join(s + "\n" for s in samples)
+    save_atomic(samples_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    print(f"saved samples: {samples_path}")
 
 
 if __name__ == "__main__":

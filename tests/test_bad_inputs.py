@@ -125,3 +125,44 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_checkpoint(trained):
     assert f"at step {first_step + 1} " in error[0]  # the first step ran on a finite loss, the next did not
     assert ckpt_path.read_bytes() == before
     assert sorted(p.name for p in ckpt_path.parent.iterdir()) == sorted(["loss.png", "samples.txt", ckpt_path.name])
+
+
+def run_train(args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "ch05/gpt_train.py"), *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_a_second_run_into_a_used_output_dir_is_refused_unless_resume_or_overwrite(trained, tmp_path):
+    train, args, ckpt_path = trained
+    out = ckpt_path.parent
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == set(train.OUTPUT_NAMES)
+    for extra in ([], ["--resume", str(tmp_path / "elsewhere" / train.CHECKPOINT_NAME)]):
+        result = run_train(args + ["--epochs", "1"] + extra, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        error = [line for line in result.stderr.splitlines() if "error: " in line]
+        assert len(error) == 1 and "--output-dir" in error[0] and "--overwrite" in error[0], result.stderr
+        assert "training" not in result.stdout  # refused before any work
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a single output file is enough to refuse
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "samples.txt").write_text("keep me", encoding="utf-8")
+    result = run_train(args[:3] + [str(other)] + args[4:] + ["--epochs", "1"], tmp_path)
+    assert result.returncode == 2 and "samples.txt" in result.stderr, result.stderr
+    assert (other / "samples.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_resume_into_the_folder_keeps_the_samples_and_overwrite_replaces_them(trained, tmp_path):
+    train, args, ckpt_path = trained
+    samples = ckpt_path.parent / "samples.txt"
+    assert samples.read_text(encoding="utf-8").count("epoch ") == 1
+    assert run_train(args + ["--epochs", "2", "--resume", str(ckpt_path)], tmp_path).returncode == 0
+    lines = samples.read_text(encoding="utf-8").splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2"]  # old + new, in order
+    result = run_train(args + ["--epochs", "1", "--overwrite"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in samples.read_text(encoding="utf-8").splitlines()] == ["epoch 1"]
+    assert torch.load(ckpt_path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in ckpt_path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left over
