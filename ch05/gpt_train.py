@@ -20,6 +20,7 @@ on CUDA, gloo on the CPU); only the first process prints, plots and saves.
 """
 import argparse
 import os
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -132,10 +133,48 @@ def make_loaders(text, args, world_size, rank):
     return tokenizer, train_loader, val_loader
 
 
-def load_checkpoint(path, config, model, optimizer, device, tie_weights=False):
-    if not Path(path).is_file():
-        raise ValueError(f"--resume checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "global_step", "tokens_seen", "train_losses",
+                   "val_losses", "track_tokens_seen")
+
+
+def read_checkpoint(path, device):
+    """The checkpoint dict in `path` (loaded with weights_only=True only), or a ValueError saying
+    what the file is instead: missing, not a checkpoint, truncated or corrupt, or a bare state dict."""
+    path = Path(path)
+    where = f"--resume {path}"
+    if not path.is_file():
+        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{where} is an empty file, not a checkpoint")
+    is_zip = head == b"PK\x03\x04"  # torch.save's format is a zip archive
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
+        if not is_zip:
+            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
+                         f"safe (weights-only) load refuses, so it was not loaded") from None
+    except Exception as exc:
+        if is_zip:
+            raise ValueError(f"{where} is truncated or corrupt ({type(exc).__name__}); it cannot be "
+                             f"resumed, use an intact checkpoint or start a new run") from None
+        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
+                         f"expected: --resume needs the {CHECKPOINT_NAME} this script saves (model, "
+                         f"optimizer, configuration and progress)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else None
+    if missing is None or missing:
+        what = (f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}")
+        raise ValueError(f"{where} is not a checkpoint of this script ({what}); --resume needs the "
+                         f"{CHECKPOINT_NAME} it saves")
+    return ckpt
+
+
+def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
+    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
     saved = ckpt.get("config", {})
     diff = [f"{k} {saved.get(k)!r} vs {config[k]!r}" for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
     if ckpt.get("tie_weights", False) != tie_weights:
@@ -171,6 +210,7 @@ def main(argv=None):
     main_process = rank == 0
     log = print if main_process else (lambda *a, **k: None)
     try:
+        ckpt = None if args.resume is None else read_checkpoint(args.resume, device)  # before any work
         text = read_text(args.text_files or [download_file("the-verdict.txt")])
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
         config = pretraining_config(args, MODEL_SIZES)
@@ -180,7 +220,7 @@ def main(argv=None):
                                       fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
         state = {"epoch": 0}  # train_model_simple adds the rest of the progress
         if args.resume is not None:
-            ckpt = load_checkpoint(args.resume, config, model, optimizer, device, args.tie_weights)
+            load_checkpoint(ckpt, args.resume, config, model, optimizer, args.tie_weights)
             state = {k: ckpt[k] for k in ("epoch", "global_step", "tokens_seen",
                                           "train_losses", "val_losses", "track_tokens_seen")}
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")

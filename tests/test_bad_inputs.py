@@ -56,6 +56,54 @@ def run_case(script, args, tmp_path):
     return result, existing
 
 
+# --resume given files that are not a checkpoint of gpt_train.py: (file made by make_bad_checkpoint, phrase)
+BAD_CHECKPOINTS = [
+    ("missing.pth", "not found"),
+    ("empty.pth", "empty file, not a checkpoint"),
+    ("notes.txt", "not a checkpoint"),
+    ("random.bin", "not a checkpoint (not a file written by torch.save)"),
+    ("truncated.pth", "truncated or corrupt"),
+    ("state_dict.pth", "a state dict (model weights only) where a full checkpoint was expected"),
+    ("tensor.pth", "not a checkpoint of this script (a Tensor)"),
+    ("plain_dict.pth", "not a checkpoint of this script (a dict without model"),
+]
+
+
+def make_bad_checkpoint(name, folder):
+    path = folder / name
+    model = torch.nn.Linear(3, 2)
+    if name == "empty.pth":
+        path.write_bytes(b"")
+    elif name == "notes.txt":
+        path.write_text("my training notes\n", encoding="utf-8")
+    elif name == "random.bin":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif name == "truncated.pth":
+        torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 1}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif name == "state_dict.pth":
+        torch.save(model.state_dict(), path)
+    elif name == "tensor.pth":
+        torch.save(torch.ones(3), path)
+    elif name == "plain_dict.pth":
+        torch.save({"epoch": 3, "note": "hello"}, path)
+    return path
+
+
+@pytest.mark.parametrize("name,phrase", BAD_CHECKPOINTS, ids=[n for n, _ in BAD_CHECKPOINTS])
+def test_resume_from_a_file_that_is_not_a_checkpoint_is_a_clear_error(name, phrase, tmp_path):
+    path = make_bad_checkpoint(name, tmp_path)
+    before = path.read_bytes() if path.exists() else None
+    result, existing = run_case("ch05/gpt_train.py", ["--resume", str(path)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "--resume" in errors[0] and phrase in errors[0], result.stderr
+    assert "model " not in result.stdout  # stopped before building the model
+    assert (path.read_bytes() if path.exists() else None) == before
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("script,args,flag", CASES, ids=[f"{s.split('/')[-1]} {' '.join(a)}" for s, a, _ in CASES])
 def test_bad_input_is_a_clear_error(script, args, flag, tmp_path):
     result, existing = run_case(script, args, tmp_path)
