@@ -1,9 +1,9 @@
 """Pretrain a GPT model on plain text: chapter 5's training loop as a headless script.
 
     python ch05/gpt_train.py                                   # the-verdict.txt, 124M, 10 epochs
-    python ch05/gpt_train.py --text-files a.txt b.txt --model-size tiny --epochs 2
+    python ch05/gpt_train.py --text-files a.txt b.txt --model-size tiny --epochs 2 --output-dir runs/mine
     python ch05/gpt_train.py --resume runs/gpt_train/model_and_optimizer.pth --epochs 15
-    torchrun --nproc_per_node=2 ch05/gpt_train.py --model-size tiny   # DistributedDataParallel
+    torchrun --nproc_per_node=2 ch05/gpt_train.py --model-size tiny --output-dir runs/ddp   # DistributedDataParallel
 
 The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
 validates it. The output folder receives model_and_optimizer.pth (model, optimizer, configuration
@@ -12,11 +12,12 @@ and progress: continue with --resume), loss.png and samples.txt; the output fold
 into place, so an interruption leaves the previous ones intact. A folder that already holds a
 run's outputs is refused before any work unless --resume continues from the checkpoint in it
 (samples.txt then keeps the earlier samples) or --overwrite replaces them. A non-finite training
-loss stops the run with an error (nothing is saved, the previous checkpoint stays). --resume continues
-with this run's --lr and --weight-decay (it says so when they differ from the checkpoint's). It
-runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early and still saves. Under torchrun every process
-trains on its own share of the batches (a distributed sampler) with DistributedDataParallel (nccl
-on CUDA, gloo on the CPU); only the first process prints, plots and saves.
+loss stops the run with an error (nothing is saved, the previous checkpoint stays). --resume
+continues with this run's --lr and --weight-decay (it says so when they differ from the
+checkpoint's). It runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early
+and still saves. Under torchrun every process trains on its own share of the batches (a
+distributed sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU); only the first
+process prints, plots and saves.
 """
 import argparse
 import os
