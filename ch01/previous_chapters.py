@@ -269,6 +269,13 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     return f"{flag} must {rule}, got {value}"
 
 
+def check_values(*messages):
+    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
+    for message in messages:
+        if message:
+            raise ValueError(message)
+
+
 def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
     """parser.error for the first of `names` (attributes of args) whose value is out of range."""
     for name in names:

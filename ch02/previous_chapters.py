@@ -271,6 +271,13 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     return f"{flag} must {rule}, got {value}"
 
 
+def check_values(*messages):
+    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
+    for message in messages:
+        if message:
+            raise ValueError(message)
+
+
 def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
     """parser.error for the first of `names` (attributes of args) whose value is out of range."""
     for name in names:
@@ -351,6 +358,8 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt, tokenizer, max_length, stride):
+        if not isinstance(txt, str):
+            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be at least 1, "
                              f"got max_length={max_length}, stride={stride}")

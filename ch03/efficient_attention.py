@@ -22,23 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from previous_chapters import MultiHeadAttention, check_context_length
-
-
-def _check_config(d_in, d_out, context_length, num_heads):
-    if d_out % num_heads != 0:
-        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-    if min(d_in, d_out, context_length, num_heads) < 1:
-        raise ValueError(f"d_in ({d_in}), d_out ({d_out}), context_length ({context_length}) and "
-                         f"num_heads ({num_heads}) must all be at least 1")
-
-
-def _check_input(x, d_in, context_length):
-    if x.dim() != 3:
-        raise ValueError(f"expected input of shape (batch, num_tokens, d_in), got {x.dim()} dimensions {tuple(x.shape)}")
-    if x.shape[-1] != d_in:
-        raise ValueError(f"input has {x.shape[-1]} features per token but d_in is {d_in}")
-    check_context_length(x.shape[1], context_length)
+from previous_chapters import MultiHeadAttention, check_attention_input, check_attention_sizes
 
 
 def _causal_mask(context_length):
@@ -51,7 +35,7 @@ class MHAFusedQKV(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        _check_config(d_in, d_out, context_length, num_heads)
+        check_attention_sizes(d_in, d_out, context_length, num_heads)
         self.d_in, self.d_out, self.context_length = d_in, d_out, context_length
         self.num_heads, self.head_dim = num_heads, d_out // num_heads
         self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
@@ -60,7 +44,7 @@ class MHAFusedQKV(nn.Module):
         self.register_buffer("mask", _causal_mask(context_length), persistent=False)
 
     def forward(self, x):
-        _check_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length)
         b, t, _ = x.shape
         # (b, t, 3 * d_out) -> (3, b, num_heads, t, head_dim)
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -77,7 +61,7 @@ class MHAEinsum(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        _check_config(d_in, d_out, context_length, num_heads)
+        check_attention_sizes(d_in, d_out, context_length, num_heads)
         self.d_in, self.d_out, self.context_length = d_in, d_out, context_length
         self.num_heads, self.head_dim = num_heads, d_out // num_heads
         # stored like nn.Linear weights: (d_out, d_in)
@@ -106,7 +90,7 @@ class MHAEinsum(nn.Module):
         return out
 
     def forward(self, x):
-        _check_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length)
         b, t, _ = x.shape
         queries = self._project(x, self.W_query, self.b_query)
         keys = self._project(x, self.W_key, self.b_key)
@@ -130,7 +114,7 @@ class MHASDPA(MHAFusedQKV):
         self.use_mask = use_mask
 
     def forward(self, x):
-        _check_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length)
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         queries, keys, values = qkv.unbind(0)
@@ -160,7 +144,7 @@ class MHATorchMultiheadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        _check_config(d_in, d_out, context_length, num_heads)
+        check_attention_sizes(d_in, d_out, context_length, num_heads)
         if d_in != d_out:
             raise ValueError(f"torch.nn.MultiheadAttention needs d_in == d_out, got d_in={d_in}, d_out={d_out}")
         self.d_in, self.d_out, self.context_length = d_in, d_out, context_length
@@ -169,7 +153,7 @@ class MHATorchMultiheadAttention(nn.Module):
         self.register_buffer("mask", _causal_mask(context_length), persistent=False)
 
     def forward(self, x):
-        _check_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length)
         t = x.shape[1]
         out, _ = self.mha(x, x, x, attn_mask=self.mask[:t, :t], need_weights=False)
         return out if self.out_bias is None else out + self.out_bias

@@ -272,6 +272,13 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     return f"{flag} must {rule}, got {value}"
 
 
+def check_values(*messages):
+    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
+    for message in messages:
+        if message:
+            raise ValueError(message)
+
+
 def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
     """parser.error for the first of `names` (attributes of args) whose value is out of range."""
     for name in names:
@@ -352,6 +359,8 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt, tokenizer, max_length, stride):
+        if not isinstance(txt, str):
+            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be at least 1, "
                              f"got max_length={max_length}, stride={stride}")
@@ -388,11 +397,31 @@ def check_context_length(num_tokens, context_length, hint=""):
         raise ValueError(f"input has {num_tokens} tokens but context_length is {context_length}{hint}")
 
 
+def check_attention_sizes(d_in, d_out, context_length, num_heads=1):
+    """Raise a ValueError unless the sizes are positive and num_heads divides d_out."""
+    if min(d_in, d_out, context_length, num_heads) < 1:
+        raise ValueError(f"d_in ({d_in}), d_out ({d_out}), context_length ({context_length}) and "
+                         f"num_heads ({num_heads}) must all be at least 1")
+    if d_out % num_heads != 0:
+        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+
+
+def check_attention_input(x, d_in, context_length):
+    """Raise a ValueError unless x is a (batch, num_tokens, d_in) tensor that fits the context."""
+    if x.dim() != 3:
+        raise ValueError(f"expected input of shape (batch, num_tokens, d_in), got {x.dim()} "
+                         f"dimensions {tuple(x.shape)}")
+    if x.shape[-1] != d_in:
+        raise ValueError(f"input has {x.shape[-1]} features per token but d_in is {d_in}")
+    check_context_length(x.shape[1], context_length)
+
+
 class CausalAttention(nn.Module):
     """Single-head causal self-attention for inputs of shape (batch, num_tokens, d_in)."""
 
     def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
         super().__init__()
+        check_attention_sizes(d_in, d_out, context_length)
         self.d_out = d_out
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -401,8 +430,8 @@ class CausalAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
+        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
-        check_context_length(num_tokens, self.mask.shape[0])
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
         attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
@@ -429,8 +458,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        check_attention_sizes(d_in, d_out, context_length, num_heads)
         self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -441,8 +469,8 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
+        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
-        check_context_length(num_tokens, self.mask.shape[0])
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)

@@ -278,6 +278,13 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     return f"{flag} must {rule}, got {value}"
 
 
+def check_values(*messages):
+    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
+    for message in messages:
+        if message:
+            raise ValueError(message)
+
+
 def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
     """parser.error for the first of `names` (attributes of args) whose value is out of range."""
     for name in names:
@@ -358,6 +365,8 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt, tokenizer, max_length, stride):
+        if not isinstance(txt, str):
+            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be at least 1, "
                              f"got max_length={max_length}, stride={stride}")
@@ -394,11 +403,31 @@ def check_context_length(num_tokens, context_length, hint=""):
         raise ValueError(f"input has {num_tokens} tokens but context_length is {context_length}{hint}")
 
 
+def check_attention_sizes(d_in, d_out, context_length, num_heads=1):
+    """Raise a ValueError unless the sizes are positive and num_heads divides d_out."""
+    if min(d_in, d_out, context_length, num_heads) < 1:
+        raise ValueError(f"d_in ({d_in}), d_out ({d_out}), context_length ({context_length}) and "
+                         f"num_heads ({num_heads}) must all be at least 1")
+    if d_out % num_heads != 0:
+        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+
+
+def check_attention_input(x, d_in, context_length):
+    """Raise a ValueError unless x is a (batch, num_tokens, d_in) tensor that fits the context."""
+    if x.dim() != 3:
+        raise ValueError(f"expected input of shape (batch, num_tokens, d_in), got {x.dim()} "
+                         f"dimensions {tuple(x.shape)}")
+    if x.shape[-1] != d_in:
+        raise ValueError(f"input has {x.shape[-1]} features per token but d_in is {d_in}")
+    check_context_length(x.shape[1], context_length)
+
+
 class CausalAttention(nn.Module):
     """Single-head causal self-attention for inputs of shape (batch, num_tokens, d_in)."""
 
     def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
         super().__init__()
+        check_attention_sizes(d_in, d_out, context_length)
         self.d_out = d_out
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -407,8 +436,8 @@ class CausalAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
+        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
-        check_context_length(num_tokens, self.mask.shape[0])
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
         attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
@@ -435,8 +464,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        check_attention_sizes(d_in, d_out, context_length, num_heads)
         self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -447,8 +475,8 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
+        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
-        check_context_length(num_tokens, self.mask.shape[0])
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -517,8 +545,8 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
     """Same parameters as MultiHeadAttention; the attention itself uses F.scaled_dot_product_attention."""
 
     def forward(self, x):
+        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
-        check_context_length(num_tokens, self.mask.shape[0])
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -549,11 +577,29 @@ class TransformerBlock(nn.Module):
         return x
 
 
+GPT_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
+
+
+def check_gpt_config(cfg):
+    """Raise a ValueError naming what is missing or out of range in a GPT configuration dict."""
+    missing = [k for k in GPT_CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"the configuration lacks {', '.join(missing)}; it needs {', '.join(GPT_CONFIG_KEYS)}")
+    bad = [f"{k}={cfg[k]!r}" for k in GPT_CONFIG_KEYS[:5] if not (isinstance(cfg[k], int) and cfg[k] >= 1)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: sizes must be whole numbers of at least 1")
+    if cfg["emb_dim"] % cfg["n_heads"] != 0:
+        raise ValueError(f"emb_dim ({cfg['emb_dim']}) must be divisible by n_heads ({cfg['n_heads']})")
+    if not 0 <= cfg["drop_rate"] < 1:
+        raise ValueError(f"drop_rate must lie in [0, 1), got {cfg['drop_rate']!r}")
+
+
 class GPTModel(nn.Module):
     """GPT-2 style model: embeddings -> transformer blocks -> final norm -> output head."""
 
     def __init__(self, cfg, block_cls=TransformerBlock):
         super().__init__()
+        check_gpt_config(cfg)
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
@@ -565,6 +611,8 @@ class GPTModel(nn.Module):
         """Raise a ValueError unless in_idx is a (batch, seq_len) tensor of ids the model can take."""
         if in_idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq_len), got shape {tuple(in_idx.shape)}")
+        if in_idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be integers (torch.long), got {in_idx.dtype}")
         vocab_size, context_length = self.tok_emb.num_embeddings, self.pos_emb.num_embeddings
         check_context_length(in_idx.shape[1], context_length, hint=f"; keep only the last {context_length} "
                              "tokens (generate_text_simple does this)")
@@ -581,12 +629,21 @@ class GPTModel(nn.Module):
         return self.out_head(x)  # (batch, seq_len, vocab_size)
 
 
+def check_generation_args(idx, max_new_tokens, context_size):
+    """Raise a ValueError unless idx is a non-empty (batch, n_tokens) prompt and the counts are valid."""
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must be a non-empty prompt of shape (batch, n_tokens), got shape {tuple(idx.shape)}")
+    if max_new_tokens < 0 or context_size < 1:
+        raise ValueError(f"max_new_tokens must be >= 0 and context_size >= 1, got {max_new_tokens} and {context_size}")
+
+
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token `max_new_tokens` times.
 
     idx: (batch, n_tokens) tensor of token ids. Only the last `context_size` tokens are fed to
     the model at each step. Returns idx with the new ids appended.
     """
+    check_generation_args(idx, max_new_tokens, context_size)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]          # crop to the supported context
         with torch.no_grad():
@@ -606,6 +663,9 @@ def text_to_token_ids(text, tokenizer):
 
 def token_ids_to_text(token_ids, tokenizer):
     """Decode a (1, n_tokens) or (n_tokens,) tensor of token ids back into text."""
+    if token_ids.dim() > 2 or (token_ids.dim() == 2 and token_ids.shape[0] != 1):
+        raise ValueError(f"expected one sequence, shape (1, n_tokens) or (n_tokens,), got {tuple(token_ids.shape)}; "
+                         "decode a batch row by row")
     return tokenizer.decode(token_ids.squeeze(0).tolist())
 
 
@@ -649,6 +709,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     """
     if progress not in (True, False, "run"):
         raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be at least 1, got {eval_freq} and {eval_iter}")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; use a longer text or a smaller "
                          "batch size or context length")
@@ -718,8 +780,9 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
     temperature 0 means greedy decoding; top_k keeps only the k most likely tokens.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    check_generation_args(idx, max_new_tokens, context_size)
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
     for _ in range(max_new_tokens):
@@ -1426,6 +1489,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
     Losses are recorded every `eval_freq` steps, accuracies after every epoch.
     """
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be at least 1, got {eval_freq} and {eval_iter}")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches: fewer training messages than one batch")
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
@@ -1472,6 +1537,10 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
 
 def classify_texts(texts, model, tokenizer, device, max_length=None, pad_token_id=50256, batch_size=8):
     """Class probabilities (len(texts), num_classes) of each text, in padded batches."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of messages, got one string; use classify_review for one")
+    if batch_size < 1 or (max_length is not None and max_length < 1):
+        raise ValueError(f"batch_size and max_length must be at least 1, got {batch_size} and {max_length}")
     context_length = model.pos_emb.weight.shape[0]  # supported context length, not the width
     max_length = context_length if max_length is None else min(max_length, context_length)
     encoded = []
