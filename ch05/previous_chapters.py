@@ -797,16 +797,21 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, label="loss"
     return fig
 
 
+def check_sampling_args(temperature, top_k):
+    """Raise a ValueError unless temperature is finite and >= 0 and top_k is None or >= 1."""
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+
+
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
     """Append up to `max_new_tokens` tokens to idx (batch, n_tokens) and return it.
 
     temperature 0 means greedy decoding; top_k keeps only the k most likely tokens.
     """
     check_generation_args(idx, max_new_tokens, context_size)
-    if not 0 <= temperature < float("inf"):  # also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    check_sampling_args(temperature, top_k)
     for _ in range(max_new_tokens):
         with torch.no_grad():
             logits = model(idx[:, -context_size:])[:, -1, :]
@@ -1301,10 +1306,8 @@ def generate_fast(model, idx, max_new_tokens, context_size, temperature=0.0, top
     from the last context_size tokens at each step (exact, but no faster than without a cache).
     eos_id costs one host synchronisation per step (to decide whether to stop).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    check_generation_args(idx, max_new_tokens, context_size)
+    check_sampling_args(temperature, top_k)
     if not 1 <= context_size <= model.pos_emb.num_embeddings:
         raise ValueError(f"context_size must lie in [1, {model.pos_emb.num_embeddings}], got {context_size}")
     n = idx.shape[1]
