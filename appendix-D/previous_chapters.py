@@ -1443,6 +1443,8 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
     Returns train_losses, val_losses and tokens_seen (at each evaluation), and lrs and
     grad_norms (the learning rate and the gradient norm before clipping, at every step).
     """
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be at least 1, got {eval_freq} and {eval_iter}")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; use a longer text or a smaller "
                          "batch size or context length")
