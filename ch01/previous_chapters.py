@@ -389,5 +389,5 @@ def fresh_run_dir(root):
 def add_overwrite_argument(parser, what="the output folder"):
     """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
     parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier run's outputs in {what}; without it, {what} holding "
-                             "them is refused before any work")
+                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
+                             "before any work)")
