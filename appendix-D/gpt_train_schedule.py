@@ -8,23 +8,25 @@ The first 90% of the text (the files joined with <|endoftext|>) trains the model
 validates it. --lr is the peak learning rate, given to AdamW itself. --warmup-ratio, --min-lr and
 --grad-clip are off by default, which keeps chapter 5's behaviour (the same rate at every step,
 no clipping). The output folder receives model.pth (weights, configuration and the recorded
-losses, learning rates and gradient norms), history.json, loss.png and lr.png. It runs on CUDA,
+losses, learning rates and gradient norms), history.json, loss.png and lr.png, each written to a
+temporary file and renamed into place. The folder is checked before any work: one that already
+holds an earlier run's outputs is refused unless --overwrite replaces them. It runs on CUDA,
 Apple's MPS or the CPU. A single process; for data-parallel training see ch05/gpt_train.py.
 """
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, add_pretraining_arguments, check_pretraining_arguments,
-                               check_range, check_schedule, create_dataloader_v1, download_file, pick_device,
-                               plot_losses, plot_lr_schedule, pretraining_config, read_text, run_script, save_atomic,
-                               train_model)
+from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, add_overwrite_argument, add_pretraining_arguments,
+                               check_output, check_pretraining_arguments, check_range, check_schedule,
+                               create_dataloader_v1, download_file, pick_device, plot_losses, plot_lr_schedule,
+                               pretraining_config, read_text, run_script, save_atomic, train_model)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
+OUTPUT_NAMES = ("model.pth", "history.json", "loss.png", "lr.png")  # what a run leaves in --output-dir
 
 
 def parse_args(argv=None):
@@ -39,6 +41,7 @@ def parse_args(argv=None):
                    help="cosine decay from --lr down to this at the last step (default: no decay)")
     p.add_argument("--grad-clip", type=float, default=None,
                    help="clip the gradient norm to this from the end of the warmup on (default: no clipping)")
+    add_overwrite_argument(p, "--output-dir")
     args = p.parse_args(argv)
     check_pretraining_arguments(p, args, MODEL_SIZES)
     check_range(p, args, ("initial_lr", "min_lr", "grad_clip", "warmup_ratio"))  # finite (or left out)
@@ -54,6 +57,7 @@ def parse_args(argv=None):
     check_range(p, args, ("warmup_ratio",), 0, 1, high_open=True)
     if args.grad_clip is not None and args.grad_clip <= 0:
         p.error(f"--grad-clip must be positive (leave it out for no clipping), got {args.grad_clip}")
+    check_output(p, "--output-dir", args.output_dir, OUTPUT_NAMES, overwrite=args.overwrite)
     return args
 
 
@@ -84,17 +88,9 @@ def warmup_steps_for(args, total_steps):
     return warmup_steps
 
 
-def check_writable(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ValueError(f"--output-dir {folder} is not writable: {exc}") from None
-
-
 def save_outputs(args, config, model, history, warmup_steps):
     out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)  # checked before training (check_output)
     save_atomic(out / "model.pth", lambda tmp: torch.save(
         {"model": model.state_dict(), "config": config, "model_size": args.model_size, **history}, tmp))
     save_atomic(out / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(
@@ -104,7 +100,7 @@ def save_outputs(args, config, model, history, warmup_steps):
     save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     fig = plot_lr_schedule(history["lrs"], warmup_steps)
     save_atomic(out / "lr.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    for name in ("model.pth", "history.json", "loss.png", "lr.png"):
+    for name in OUTPUT_NAMES:
         print(f"saved {out / name}")
 
 
@@ -113,7 +109,6 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
     device = pick_device(args.device)
-    check_writable(args.output_dir)
     text = read_text(args.text_files or [download_file("the-verdict.txt")])
     train_loader, val_loader = make_loaders(text, args)
     total_steps = args.epochs * len(train_loader)

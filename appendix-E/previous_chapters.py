@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 import sys
 import math
+import re
 import tiktoken
 from torch.utils.data import DataLoader, Dataset
 import torch.nn as nn
@@ -353,6 +354,59 @@ def pretraining_config(args, model_sizes):
     """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
     return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
             "drop_rate": args.drop_rate, "qkv_bias": False}
+
+
+def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
+    """None if a run may write its outputs at `path`, else the one message saying why not.
+
+    `path` is a folder receiving the files `names` (made later if missing) or, with names=None,
+    the output file itself. Earlier outputs there are refused unless `overwrite`; `resume`, if
+    given, is the checkpoint that would continue them (named in the message). Creates nothing.
+    """
+    path = Path(path)
+    folder, names = (path.parent, [path.name]) if names is None else (path, list(names))
+    if path.is_dir() and folder != path:
+        return f"{flag} {path} is a folder, not a file"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path} is a file, not a folder" if existing == path else f"{flag} {path}: {existing} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{flag} {path} cannot be created or written: {exc.strerror or exc}"
+    earlier = [name for name in names if (folder / name).exists()]
+    if earlier and not overwrite:
+        if folder != path:
+            return f"{flag} {path} already exists; use --overwrite or another file name"
+        again = f"continue it with --resume {resume}, or " if resume is not None else ""
+        return (f"{flag} {path} already holds an earlier run's outputs ({', '.join(earlier)}); "
+                f"{again}use --overwrite or another folder")
+    return None
+
+
+def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None):
+    """parser.error with output_problem's message, if there is one."""
+    message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
+    if message:
+        parser.error(message)
+
+
+def fresh_run_dir(root):
+    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
+    root = Path(root)
+    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
+    return root / f"run-{max(numbers, default=0) + 1:03d}"
+
+
+def add_overwrite_argument(parser, what="the output folder"):
+    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
+                             "before any work)")
 
 
 # ---- from ch02/ch02.ipynb ----
@@ -1265,6 +1319,18 @@ def add_fast_path_arguments(parser, tie_weights=True):
     group.add_argument("--bf16", action="store_true",
                        help="bf16 autocast while training where the device supports it (otherwise fp32, said at the start)")
     group.add_argument("--compile", action="store_true", help="torch.compile the training model (the first steps are slow)")
+
+
+def check_fast_path_arguments(parser, args):
+    """parser.error for fast-path flags that do not go together (--tie-weights without --fast)."""
+    if getattr(args, "tie_weights", False) and not args.fast:
+        parser.error("--tie-weights needs --fast")
+
+
+def report_bf16(args, device, log=print):
+    """With --bf16, say whether `device` trains in bf16 or falls back to fp32 (and why)."""
+    if args.bf16:
+        log(f"--bf16: {autocast_dtype(device)[1]}")
 
 
 def _next_token(logits, temperature, top_k):

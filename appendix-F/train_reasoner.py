@@ -8,19 +8,22 @@ checkpoint, and distillation of a checkpoint's verified traces into a smaller st
 
 The last line printed is the held-out greedy accuracy, e.g.
 `held-out greedy accuracy: 0.998 (1000 problems)`.
+
+--output is checked before any work: an existing file is refused unless --overwrite replaces it,
+as are a folder, a path under a file and a place that cannot be written. The checkpoint is
+written to a temporary file and renamed into place, so an interruption leaves the previous file.
 """
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPTModel, check_range, greedy_accuracy, make_problems, pick_device, reasoner_config,
-                               sample_traces, train_grpo, train_sft)
+from previous_chapters import (GPTModel, add_overwrite_argument, check_output, check_range, greedy_accuracy,
+                               make_problems, pick_device, reasoner_config, sample_traces, save_atomic, train_grpo,
+                               train_sft)
 
 
 def parse_args(argv=None):
@@ -51,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=123, help="seed of the problems, the model and the sampling")
     parser.add_argument("--device", default="auto", help="auto (pick_device()), cpu, cuda, mps, ...")
     parser.add_argument("--output", type=Path, metavar="CKPT", help="save the trained model here (atomically)")
+    add_overwrite_argument(parser, "--output")
     args = parser.parse_args(argv)
 
     check_range(parser, args, ("steps", "batch_size", "emb_dim", "n_layers", "n_heads", "n_train", "n_test",
@@ -73,9 +77,7 @@ def parse_args(argv=None):
     if args.distill_from is not None and args.n_traces > args.n_train:
         parser.error(f"--n-traces ({args.n_traces}) must not exceed --n-train ({args.n_train})")
     if args.output is not None:
-        folder = args.output.resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            parser.error(f"--output folder is not a writable directory: {folder}")
+        check_output(parser, "--output", args.output, overwrite=args.overwrite)
     try:
         args.device = pick_device(args.device)
     except ValueError as exc:
@@ -94,14 +96,9 @@ def load_checkpoint(path, device):
 
 def save_checkpoint(path, model, config, digits, method):
     """Write to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"model": model.state_dict(), "config": config, "digits": digits, "method": method}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked before any work (check_output)
+    state = {"model": model.state_dict(), "config": config, "digits": digits, "method": method}
+    save_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def main(argv=None):

@@ -20,9 +20,7 @@ distributed sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU
 process prints, plots and saves.
 """
 import argparse
-import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,11 +30,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatasetV1, GPTModel,
-                               add_fast_path_arguments, add_pretraining_arguments, autocast_dtype,
-                               check_pretraining_arguments, distributed_env, download_file, evaluate_model,
-                               generate_sample, load_chapter_weights, maybe_compile, pick_device, plot_losses,
-                               pretraining_config, read_text, run_script, save_atomic, train_model_simple,
-                               training_view)
+                               add_fast_path_arguments, add_overwrite_argument, add_pretraining_arguments,
+                               check_fast_path_arguments, check_output, check_pretraining_arguments,
+                               distributed_env, download_file, evaluate_model, generate_sample,
+                               load_chapter_weights, maybe_compile, pick_device, plot_losses, pretraining_config,
+                               read_text, report_bf16, run_script, save_atomic, train_model_simple, training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -51,48 +49,22 @@ def parse_args(argv=None):
     p.add_argument("--resume", type=Path, default=None,
                    help="checkpoint to continue from; when it lies in --output-dir, that folder's "
                         "earlier outputs are continued (samples.txt keeps the earlier samples)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's outputs in --output-dir; without it (or --resume from "
-                        "the checkpoint in that folder) a folder holding them is refused before training")
+    add_overwrite_argument(p, "--output-dir")
     add_fast_path_arguments(p)
     args = p.parse_args(argv)
     check_pretraining_arguments(p, args, MODEL_SIZES)
-    if args.tie_weights and not args.fast:
-        p.error("--tie-weights needs --fast")
+    check_fast_path_arguments(p, args)
     if not args.start_context.strip():
         p.error(f"--start-context must contain some text (it is the samples' prompt), got {args.start_context!r}")
-    problem = output_dir_problem(args.output_dir)
-    if problem:
-        p.error(problem)
-    earlier = [name for name in OUTPUT_NAMES if (args.output_dir / name).exists()]
-    if earlier and not args.overwrite and not resumes_into_output_dir(args):
-        p.error(f"--output-dir {args.output_dir} already holds a run's outputs ({', '.join(earlier)}); "
-                f"continue that run with --resume {args.output_dir / CHECKPOINT_NAME}, replace them with "
-                f"--overwrite, or choose another --output-dir")
+    check_output(p, "--output-dir", args.output_dir, OUTPUT_NAMES,
+                 overwrite=args.overwrite or resumes_into_output_dir(args),
+                 resume=args.output_dir / CHECKPOINT_NAME)
     return args
 
 
 def resumes_into_output_dir(args):
     """True if --resume names a checkpoint inside --output-dir (this run continues that folder's run)."""
     return args.resume is not None and args.resume.resolve().parent == args.output_dir.resolve()
-
-
-def output_dir_problem(path):
-    """None if a file can be written in the folder `path` (or in its nearest existing parent, where
-    the folder will be created); else why not. Creates nothing that stays."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "" if existing == path else f": {existing}"
-        return f"--output-dir {path}{where} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"--output-dir {path} cannot be created or written: {exc.strerror or exc}"
-    return None
 
 
 def apply_optimizer_settings(optimizer, lr, weight_decay):
@@ -231,8 +203,7 @@ def main(argv=None):
             log(f"the checkpoint has already trained {state['epoch']} epochs; raise --epochs to continue")
             return 0
         raw_model = model
-        if args.bf16:
-            log(f"--bf16: {autocast_dtype(device)[1]}")
+        report_bf16(args, device, log)
         model = training_view(raw_model, device, bf16=args.bf16)  # the model itself unless --bf16
         if world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(

@@ -11,9 +11,11 @@ Text and Label, 0 = ham, 1 = spam) with --data-dir. The output folder receives c
 ch06/classify.py), metrics.json (train_accuracy, val_accuracy, test_accuracy, seconds, ...),
 loss.png and accuracy.png.
 
-Output folder: without --output-dir every run gets a fresh folder runs/gpt_class_finetune/run-N
-(the next free N), so an earlier run is never overwritten. An --output-dir that already holds
-a classifier.pth or metrics.json is refused unless --overwrite is given.
+Output folder: without --output-dir every run gets a fresh folder runs/gpt_class_finetune/run-NNN
+(one above the highest run number there), so an earlier run is never overwritten. An --output-dir
+that already holds any of the outputs is refused before any work unless --overwrite replaces
+them; a file, or a place that cannot be written, is refused too. Every output is written to a
+temporary file and renamed into place, so an interruption leaves the previous file intact.
 
 --model-size tiny is a small randomly initialised GPT (width 32, 2 layers), not pretrained: for
 tests and quick trials. The GPT-2 sizes load OpenAI's weights through chapter 5's loader (or
@@ -22,7 +24,6 @@ its labelled stand-in where LLMS_STANDIN_WEIGHTS allows it).
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from previous_chapters import (GPT2_SIZES, SPLIT_NAMES, TRAINABLE_CHOICES, DownloadError, GPTModel, SpamDataset,
-                               add_fast_path_arguments, autocast_dtype, calc_accuracy_loader, fast_from_chapter,
-                               load_pretrained_gpt2, pick_device, plot_values, prepare_classifier, prepare_spam_csvs,
-                               save_atomic, train_classifier_simple, training_view)
+                               add_fast_path_arguments, add_overwrite_argument, calc_accuracy_loader, check_output,
+                               fast_from_chapter, fresh_run_dir, load_pretrained_gpt2, pick_device, plot_values,
+                               prepare_classifier, prepare_spam_csvs, report_bf16, save_atomic,
+                               train_classifier_simple, training_view)
 
 CHECKPOINT_NAME = "classifier.pth"
 CHECKPOINT_KIND = "gpt-spam-classifier"
@@ -73,8 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=123,
                    help="seeds the balancing and splitting of the data, the new head and the shuffling (default 123)")
     p.add_argument("--output-dir", type=Path, default=None,
-                   help=f"where to write {', '.join(OUTPUTS)} (default: a fresh {DEFAULT_RUNS}/run-N)")
-    p.add_argument("--overwrite", action="store_true", help="allow replacing the outputs in --output-dir")
+                   help=f"where to write {', '.join(OUTPUTS)} (default: a fresh {DEFAULT_RUNS}/run-NNN)")
+    add_overwrite_argument(p, "--output-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     add_fast_path_arguments(p, tie_weights=False)  # the classifier's head is its own, never tied
     args = p.parse_args(argv)
@@ -93,29 +95,10 @@ def parse_args(argv=None):
         for split in SPLIT_NAMES:
             if not (args.data_dir / f"{split}.csv").is_file():
                 p.error(f"--data-dir {args.data_dir}: missing {split}.csv (need {', '.join(SPLIT_NAMES)} .csv)")
-    if args.output_dir is not None and not args.overwrite:
-        existing = [name for name in OUTPUTS[:2] if (args.output_dir / name).exists()]
-        if existing:
-            p.error(f"--output-dir {args.output_dir} already holds {', '.join(existing)} from an earlier run; "
-                    "choose another folder or pass --overwrite")
-    if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
-        p.error(f"--output-dir {args.output_dir} exists and is not a folder")
+    if args.output_dir is None:
+        args.output_dir = fresh_run_dir(DEFAULT_RUNS)
+    check_output(p, "--output-dir", args.output_dir, OUTPUTS, overwrite=args.overwrite)
     return args
-
-
-def pick_run_dir(args):
-    """The output folder: --output-dir, or the next free runs/gpt_class_finetune/run-N."""
-    if args.output_dir is not None:
-        out = args.output_dir
-    else:
-        n = 1
-        while (DEFAULT_RUNS / f"run-{n}").exists():
-            n += 1
-        out = DEFAULT_RUNS / f"run-{n}"
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"output folder {out} is not writable")
-    return out
 
 
 def read_splits(args):
@@ -172,8 +155,10 @@ def save_outputs(out, model, config, args, max_length, is_standin, metrics, hist
             "num_classes": len(LABELS), "labels": list(LABELS), "max_length": max_length,
             "pad_token_id": 50256, "model_size": args.model_size, "trainable": args.trainable,
             "standin": is_standin}
+    out.mkdir(parents=True, exist_ok=True)  # checked before any work (check_output)
     save_atomic(out / CHECKPOINT_NAME, lambda tmp: torch.save(ckpt, tmp))
-    save_atomic(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    save_atomic(out / "metrics.json",
+                lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
@@ -192,7 +177,7 @@ def save_outputs(out, model, config, args, max_length, is_standin, metrics, hist
 def run(args):
     device = pick_device(args.device)
     splits = read_splits(args)
-    out = pick_run_dir(args)
+    out = args.output_dir  # checked in parse_args, created when the outputs are saved
     tokenizer = tiktoken.get_encoding("gpt2")
     train_ds = make_dataset(splits, "train", tokenizer, args.max_length)
     val_ds = make_dataset(splits, "validation", tokenizer, train_ds.max_length)
@@ -212,8 +197,7 @@ def run(args):
           f"padded to {train_ds.max_length} tokens")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
-    if args.bf16:
-        print(f"--bf16: {autocast_dtype(device)[1]}")
+    report_bf16(args, device)
     start = time.time()
     trained = training_view(model, device, args.bf16, args.compile)  # `model` itself unless --bf16/--compile
     history = train_classifier_simple(trained, train_loader, val_loader, optimizer, device, args.epochs,

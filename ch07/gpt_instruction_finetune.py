@@ -13,9 +13,11 @@ be downloaded); --model-size tiny is a small randomly initialised GPT instead, f
 The output folder receives model.pth (weights and configuration; chat.py and evaluate.py read
 it), test-responses.json (the test entries with the model's answers under "model_response"),
 loss.png and metrics.json (losses, and the per-token negative log-likelihood of the reference
-answers of the answered test entries before and after fine-tuning). Without --output-dir each run
-gets a fresh folder runs/instruction-finetune/run-NNN; an --output-dir that already holds a
-model.pth or test-responses.json is refused, never overwritten.
+answers of the answered test entries before and after fine-tuning), each written to a temporary
+file and renamed into place. Without --output-dir each run gets a fresh folder
+runs/instruction-finetune/run-NNN; an --output-dir that already holds any of these outputs is
+refused before any work unless --overwrite replaces them (a file, or a place that cannot be
+written, is refused too).
 """
 import argparse
 import math
@@ -28,16 +30,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionDataset, add_fast_path_arguments,
-                               autocast_dtype, check_range, download_file, fast_from_chapter, format_input,
+                               add_overwrite_argument, check_fast_path_arguments, check_output, check_range,
+                               download_file, fast_from_chapter, format_input, fresh_run_dir,
                                generate_and_print_sample, generate_test_responses, instruction_collate,
-                               load_instruction_data, load_pretrained_gpt2, pick_device, plot_losses, response_nll,
-                               run_script, save_atomic, save_finetuned, save_json, split_data, train_model_simple,
-                               training_view)
+                               load_instruction_data, load_pretrained_gpt2, pick_device, plot_losses, report_bf16,
+                               response_nll, run_script, save_atomic, save_finetuned, save_json, split_data,
+                               train_model_simple, training_view)
 
 TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
 MODEL_SIZES = ["tiny", *GPT2_SIZES]
 RUNS_DIR = Path("runs") / "instruction-finetune"
-OUTPUT_FILES = ("model.pth", "test-responses.json")
+OUTPUT_FILES = ("model.pth", "test-responses.json", "loss.png", "metrics.json")
 
 
 def parse_args(argv=None):
@@ -61,15 +64,14 @@ def parse_args(argv=None):
     p.add_argument("--max-test", type=int, default=None, help="answer only the first N test entries (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default: 256)")
     p.add_argument("--output-dir", type=Path, default=None,
-                   help="folder for the outputs; refused if it already holds a run's outputs "
-                        f"(default: a fresh {RUNS_DIR}/run-NNN)")
+                   help=f"folder for {', '.join(OUTPUT_FILES)} (default: a fresh {RUNS_DIR}/run-NNN)")
+    add_overwrite_argument(p, "--output-dir")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     p.add_argument("--seed", type=int, default=123, help="default: 123")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
     add_fast_path_arguments(p)
     args = p.parse_args(argv)
-    if args.tie_weights and not args.fast:
-        p.error("--tie-weights needs --fast")
+    check_fast_path_arguments(p, args)
     if args.model_size not in MODEL_SIZES:
         p.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
     check_range(p, args, ("epochs", "batch_size", "eval_freq", "eval_iter", "max_new_tokens", "max_examples",
@@ -80,28 +82,10 @@ def parse_args(argv=None):
     check_range(p, args, ("drop_rate",), 0, 1, high_open=True)
     if args.data_file is not None and not args.data_file.is_file():
         p.error(f"--data-file not found: {args.data_file}")
-    if args.output_dir is not None:
-        taken = [f for f in OUTPUT_FILES if (args.output_dir / f).exists()]
-        if taken:
-            p.error(f"--output-dir {args.output_dir} already holds {', '.join(taken)}; "
-                    "choose another folder (nothing is overwritten)")
+    if args.output_dir is None:
+        args.output_dir = fresh_run_dir(RUNS_DIR)
+    check_output(p, "--output-dir", args.output_dir, OUTPUT_FILES, overwrite=args.overwrite)
     return args
-
-
-def fresh_run_dir(root=RUNS_DIR):
-    """runs/instruction-finetune/run-NNN with NNN one above the highest existing run."""
-    numbers = [int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()]
-    return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def prepare_output_dir(path):
-    """Create the folder and check that we can write there, before any long work."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        save_atomic(path / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
-        (path / ".write-test").unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write to --output-dir {path}: {exc.strerror or exc}") from None
 
 
 def load_model(args):
@@ -138,8 +122,7 @@ def main(argv=None):
         raise ValueError(f"too little data: {len(train_data)} training entries (one batch needs "
                          f"--batch-size {args.batch_size}), {len(val_data)} validation and {len(test_data)} "
                          "test entries; use a larger data file or a smaller --batch-size")
-    out = args.output_dir if args.output_dir is not None else fresh_run_dir()
-    prepare_output_dir(out)
+    out = args.output_dir  # checked in parse_args; save_json and save_finetuned create it
 
     model, config, is_standin = load_model(args)
     if args.fast:  # GPT-2's head equals its embedding, so --tie-weights keeps the results
@@ -161,8 +144,7 @@ def main(argv=None):
     print(f"reference-answer NLL before fine-tuning: {nll_before:.3f}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
-    if args.bf16:
-        print(f"--bf16: {autocast_dtype(device)[1]}")
+    report_bf16(args, device)
     start = time.time()
     torch.manual_seed(args.seed)
     start_context = format_input(val_data[0])

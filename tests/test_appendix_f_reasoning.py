@@ -163,7 +163,7 @@ def test_script_sft_grpo_distill_end_to_end(tmp_path):
     (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
     (["--digits", "12"], "--digits must be between 1 and 9, got 12"),
     (["--grpo-from", "/nonexistent/ckpt.pth"], "checkpoint not found: /nonexistent/ckpt.pth"),
-    (["--output", "/nonexistent/dir/out.pth"], "--output folder is not a writable directory"),
+    (["--output", "/proc/no-such-dir/out.pth"], "--output /proc/no-such-dir/out.pth cannot be created or written"),
     (["--emb-dim", "30", "--n-heads", "4"], "--emb-dim (30) must be divisible by --n-heads (4)"),
     (["--digits", "1", "--n-train", "100"], "too many distinct 1-digit problems"),
 ])

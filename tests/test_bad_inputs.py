@@ -214,3 +214,145 @@ def test_resume_into_the_folder_keeps_the_samples_and_overwrite_replaces_them(tr
     assert [line.split(":")[0] for line in samples.read_text(encoding="utf-8").splitlines()] == ["epoch 1"]
     assert torch.load(ckpt_path, weights_only=True)["epoch"] == 1
     assert [p.name for p in ckpt_path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left over
+
+
+# ---- output folders and files (issue 19: outputs are checked first, never silently overwritten,
+# and written atomically). Each script is refused, before any work, an output folder that already
+# holds one of its outputs (an output file that exists, for train_reasoner.py --output), an output
+# path that is (or lies under) a file, and one that cannot be created (/proc); the files already
+# there are unchanged and nothing is created. Then: every kind of save (torch.save, JSON, PNG)
+# failing halfway leaves the previous file intact and no temporary file.
+
+import io  # noqa: E402 (this block's own imports, kept here for easy merges)
+from pathlib import Path  # noqa: E402
+
+# script: (the output flag, one output file it writes there, or None: the flag names a file; for
+# such a script the kind "a file" gives it a folder where the file is wanted)
+OUTPUT_SCRIPTS = {
+    "ch05/gpt_train.py": ("--output-dir", "samples.txt"),
+    "appendix-D/gpt_train_schedule.py": ("--output-dir", "history.json"),
+    "ch06/gpt_class_finetune.py": ("--output-dir", "accuracy.png"),
+    "ch07/gpt_instruction_finetune.py": ("--output-dir", "metrics.json"),
+    "appendix-F/train_reasoner.py": ("--output", None),
+}
+OUTPUT_KINDS = ("used", "a file", "under a file", "unwritable")
+CASES_OUTPUTS = [(script, kind) for script in OUTPUT_SCRIPTS for kind in OUTPUT_KINDS
+                 if not (script.endswith("gpt_train.py") and kind != "used")]  # those are in CASES above
+
+
+@pytest.mark.parametrize("script,kind", CASES_OUTPUTS, ids=[f"{s.split('/')[-1]} {k}" for s, k in CASES_OUTPUTS])
+def test_an_output_location_in_use_or_unwritable_is_refused_before_any_work(script, kind, tmp_path):
+    flag, output_name = OUTPUT_SCRIPTS[script]
+    used = tmp_path / "used"
+    used.mkdir()
+    earlier = used / (output_name or "model.pth")  # an earlier run's output
+    earlier.write_bytes(b"an earlier run's output \x00\xff")
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me", encoding="utf-8")
+    target = {"used": used, "a file": existing, "under a file": existing / "run",
+              "unwritable": Path("/proc/no-such-run")}[kind]
+    if output_name is None:  # the flag names the output file itself
+        target = earlier if kind == "used" else target / "model.pth" if kind != "a file" else used
+    args = TRAIN_BASE if script.endswith("gpt_train.py") else []
+    args = [a.format(tmp=tmp_path, text=tmp_path / "story.txt") for a in args] + [flag, str(target)]
+    (tmp_path / "story.txt").write_text(TEXT, encoding="utf-8")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and f"{flag} {target}" in errors[0], result.stderr
+    if kind == "used":
+        assert "--overwrite" in errors[0], result.stderr
+    assert result.stdout == ""  # refused before any work
+    assert earlier.read_bytes() == b"an earlier run's output \x00\xff"
+    assert existing.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def fail_halfway(kind, monkeypatch):
+    """Make the next `kind` of write ("torch.save", "json" or "png") write half a file, then fail."""
+    import pathlib
+
+    import matplotlib.figure
+
+    def truncate_then_interrupt(path):
+        path = Path(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]) if path.exists() else None
+        raise KeyboardInterrupt(f"interrupted while writing {path.name}")  # a Ctrl+C mid-write
+
+    if kind == "torch.save":
+        real = torch.save
+        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (real(obj, f, *a, **k), truncate_then_interrupt(f)))
+    elif kind == "json":
+        real = pathlib.Path.write_text
+        monkeypatch.setattr(pathlib.Path, "write_text",
+                            lambda self, *a, **k: (real(self, *a, **k), truncate_then_interrupt(self)))
+    else:
+        real = matplotlib.figure.Figure.savefig
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                            lambda self, f, *a, **k: (real(self, f, *a, **k), truncate_then_interrupt(f)))
+
+
+def saver(script, out):
+    """A function that writes `script`'s outputs into the folder `out` (the same bytes each time)."""
+    if script == "appendix-F/train_reasoner.py":
+        tr = import_path(script)
+        config = tr.reasoner_config(2, 16, 1, 2)
+        torch.manual_seed(0)
+        model = tr.GPTModel(config)
+        return lambda: tr.save_checkpoint(out / "model.pth", model, config, 2, "cot")
+    if script == "appendix-D/gpt_train_schedule.py":
+        sched = import_path(script)
+        args = sched.parse_args(["--model-size", "tiny", "--epochs", "1", "--output-dir", str(out)])
+        config = sched.pretraining_config(args, sched.MODEL_SIZES)
+        torch.manual_seed(0)
+        model = sched.GPTModel(config)
+        history = {"train_losses": [3.0, 2.0], "val_losses": [3.5, 2.5], "tokens_seen": [16, 32],
+                   "lrs": [1e-3, 1e-3], "grad_norms": [1.0, 0.5]}
+        return lambda: sched.save_outputs(args, config, model, history, 0)
+    if script == "ch06/gpt_class_finetune.py":
+        ft = import_path(script)
+        args = ft.parse_args(["--model-size", "tiny", "--epochs", "1", "--output-dir", str(out)])
+        torch.manual_seed(0)
+        model = ft.GPTModel(ft.TINY)
+        history = ([0.7, 0.5], [0.8, 0.6], [0.5, 0.75], [0.5, 0.7], 16)
+        return lambda: ft.save_outputs(out, model, ft.TINY, args, 12, False, {"test_accuracy": 0.5}, history)
+    ft = import_path("ch07/gpt_instruction_finetune.py")
+    torch.manual_seed(0)
+    model = ft.GPTModel(dict(ft.TINY, drop_rate=0.0))
+
+    def save():
+        ft.save_json([{"instruction": "Say hi.", "output": "hi", "model_response": "hi"}], out / "test-responses.json")
+        ft.save_finetuned(model, ft.TINY, out / "model.pth", model_size="tiny")
+        ft.save_loss_plot(out / "loss.png", 1, [3.0, 2.0], [3.5, 2.5], [16, 32])
+    return save
+
+
+CASES_SAVES = [("appendix-F/train_reasoner.py", "torch.save")] + [
+    (script, kind) for script in ("appendix-D/gpt_train_schedule.py", "ch06/gpt_class_finetune.py",
+                                  "ch07/gpt_instruction_finetune.py") for kind in ("torch.save", "json", "png")]
+
+
+@pytest.mark.parametrize("script,kind", CASES_SAVES, ids=[f"{s.split('/')[-1]} {k}" for s, k in CASES_SAVES])
+def test_a_save_failing_halfway_leaves_the_previous_file_and_no_temp_file(script, kind, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    save = saver(script, out)
+    save()  # an earlier run's outputs
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert before and not any(name.startswith(".") for name in before)
+    fail_halfway(kind, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        save()  # the same outputs again, interrupted in the middle of one of its writes
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(after) == sorted(before)  # no temporary file left over
+    for name in before:
+        if name.endswith(".pth"):  # torch.save's bytes name the (temporary) file: compare the contents
+            old, new = (torch.load(out / name, weights_only=True), torch.load(io.BytesIO(before[name]), weights_only=True))
+            assert old.keys() == new.keys() and all(torch.equal(a, b) for a, b in zip(
+                old["model" if "model" in old else "model_state_dict"].values(),
+                new["model" if "model" in new else "model_state_dict"].values()))
+        else:
+            assert after[name] == before[name], name  # the earlier file whole (or the same bytes again)

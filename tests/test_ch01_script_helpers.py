@@ -1,6 +1,6 @@
 """The helpers the scripts share instead of retyping them: chapter 1's pick_device(name),
 ch01/script-helpers.ipynb's exports (torchrun's environment, the error convention, range checks,
-the training text, atomic saves, the pretraining options), chapter 3's check_context_length,
+the training text, atomic saves, the pretraining options, output folders), chapter 3's check_context_length,
 chapter 4's attention_cls/block_cls and chapter 5's train_model_simple hooks used by --resume."""
 import argparse
 import os
@@ -285,3 +285,80 @@ def test_train_default_prints_a_sample_per_epoch(capsys):
     pc.train_model_simple(model, loader, loader, optimizer, "cpu", 1, 10, 1, "Hello", tiktoken.get_encoding("gpt2"))
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Ep 1 (step 000000): train loss") and out[-1].startswith("Hello")
+
+
+# ---- output folders: output_problem / check_output / fresh_run_dir / add_overwrite_argument
+
+def test_output_problem_allows_a_new_or_empty_folder_and_creates_nothing(tmp_path):
+    assert pc.output_problem("--output-dir", tmp_path / "a" / "b", ["model.pth"]) is None
+    assert pc.output_problem("--output-dir", tmp_path, ["model.pth"]) is None
+    assert pc.output_problem("--output", tmp_path / "new" / "model.pth") is None
+    assert list(tmp_path.iterdir()) == []  # no folder, no probe file left behind
+
+
+def test_output_problem_refuses_earlier_outputs_unless_overwrite(tmp_path):
+    (tmp_path / "loss.png").write_bytes(b"png")
+    message = pc.output_problem("--output-dir", tmp_path, ["model.pth", "loss.png"])
+    assert message == (f"--output-dir {tmp_path} already holds an earlier run's outputs (loss.png); "
+                       "use --overwrite or another folder")
+    assert pc.output_problem("--output-dir", tmp_path, ["model.pth", "loss.png"], overwrite=True) is None
+    assert pc.output_problem("--output-dir", tmp_path, ["model.pth"]) is None  # other files do not count
+    resume = tmp_path / "model.pth"
+    message = pc.output_problem("--output-dir", tmp_path, ["loss.png"], resume=resume)
+    assert f"continue it with --resume {resume}, or use --overwrite or another folder" in message
+    message = pc.output_problem("--output", tmp_path / "loss.png")
+    assert message == f"--output {tmp_path / 'loss.png'} already exists; use --overwrite or another file name"
+    assert pc.output_problem("--output", tmp_path / "loss.png", overwrite=True) is None
+    assert (tmp_path / "loss.png").read_bytes() == b"png"
+
+
+def test_output_problem_files_folders_and_unwritable_places(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me", encoding="utf-8")
+    assert pc.output_problem("--output-dir", a_file, ["m.pth"]) == f"--output-dir {a_file} is a file, not a folder"
+    assert (pc.output_problem("--output-dir", a_file / "run", ["m.pth"])
+            == f"--output-dir {a_file / 'run'}: {a_file} is a file, not a folder")
+    assert (pc.output_problem("--output", a_file / "m.pth")
+            == f"--output {a_file / 'm.pth'}: {a_file} is a file, not a folder")
+    assert pc.output_problem("--output", tmp_path) == f"--output {tmp_path} is a folder, not a file"
+    message = pc.output_problem("--output-dir", "/proc/no-such-run", ["m.pth"])
+    assert message.startswith("--output-dir /proc/no-such-run cannot be created or written: ")
+    assert a_file.read_text(encoding="utf-8") == "keep me" and sorted(tmp_path.iterdir()) == [a_file]
+
+
+def test_check_output_stops_with_a_parser_error(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="demo.py")
+    pc.add_overwrite_argument(parser, "--output-dir")
+    (tmp_path / "model.pth").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as exc:
+        pc.check_output(parser, "--output-dir", tmp_path, ["model.pth"], overwrite=parser.parse_args([]).overwrite)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"demo.py: error: --output-dir {tmp_path} already")
+    pc.check_output(parser, "--output-dir", tmp_path, ["model.pth"], overwrite=parser.parse_args(["--overwrite"]).overwrite)
+    assert "--overwrite" in parser.format_help() and "refused" in parser.format_help()
+
+
+def test_fresh_run_dir_is_one_above_the_highest_run(tmp_path):
+    root = tmp_path / "runs"
+    assert pc.fresh_run_dir(root) == root / "run-001" and not root.exists()  # names, creates nothing
+    for name in ("run-002", "run-010", "run-x", "run-7b", "notes"):
+        (root / name).mkdir(parents=True)
+    assert pc.fresh_run_dir(root) == root / "run-011"
+    (root / "run-999").mkdir()
+    assert pc.fresh_run_dir(root).name == "run-1000"  # never wraps onto an earlier run
+
+
+def test_check_fast_path_arguments_and_report_bf16(capsys):
+    parser = argparse.ArgumentParser(prog="demo.py")
+    pc.add_fast_path_arguments(parser)
+    pc.check_fast_path_arguments(parser, parser.parse_args(["--fast", "--tie-weights"]))
+    with pytest.raises(SystemExit):
+        pc.check_fast_path_arguments(parser, parser.parse_args(["--tie-weights"]))
+    assert "error: --tie-weights needs --fast" in capsys.readouterr().err
+    no_tie = argparse.ArgumentParser(prog="demo.py")
+    pc.add_fast_path_arguments(no_tie, tie_weights=False)
+    pc.check_fast_path_arguments(no_tie, no_tie.parse_args([]))  # no --tie-weights option at all: fine
+    lines = []
+    pc.report_bf16(parser.parse_args([]), "cpu", lines.append)
+    pc.report_bf16(parser.parse_args(["--bf16"]), "cpu", lines.append)
+    assert lines == [f"--bf16: {pc.autocast_dtype('cpu')[1]}"]

@@ -124,12 +124,14 @@ def test_bad_input_to_finetune(tmp_path, capsys):
 def test_finetune_refuses_to_overwrite_and_picks_fresh_run_folders(trained, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         finetune.main(["--output-dir", str(trained)] + TINY)
-    assert "already holds classifier.pth, metrics.json" in capsys.readouterr().err
+    assert ("already holds an earlier run's outputs (classifier.pth, metrics.json, loss.png, accuracy.png); "
+            "use --overwrite or another folder") in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
-    args = finetune.parse_args(TINY)
-    first = finetune.pick_run_dir(args)
-    second = finetune.pick_run_dir(args)
-    assert (first.name, second.name) == ("run-1", "run-2") and first.parent == second.parent
+    first = finetune.parse_args(TINY).output_dir
+    assert first == finetune.DEFAULT_RUNS / "run-001" and not first.exists()  # named, not yet created
+    first.mkdir(parents=True)
+    second = finetune.parse_args(TINY).output_dir
+    assert second.name == "run-002" and first.parent == second.parent
 
 
 def test_scripts_fail_without_traceback(tmp_path):

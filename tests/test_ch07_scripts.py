@@ -55,13 +55,14 @@ def test_masked_instructions_run_and_fresh_run_folders(data_file, tmp_path, monk
     assert ft.main(args + TINY) == 0
     assert "instruction masking on" in capsys.readouterr().out
     assert (tmp_path / "runs" / "instruction-finetune" / "run-008" / "model.pth").is_file()
-    assert ft.fresh_run_dir().name == "run-009"
+    assert ft.parse_args(args + TINY).output_dir.name == "run-009"
 
 
 def test_bad_input(data_file, run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):  # an earlier run's folder is never overwritten
         ft.main(["--data-file", str(data_file), "--output-dir", str(run_dir)] + TINY)
-    assert "already holds model.pth, test-responses.json" in capsys.readouterr().err
+    assert ("already holds an earlier run's outputs (model.pth, test-responses.json, loss.png, metrics.json); "
+            "use --overwrite or another folder") in capsys.readouterr().err
     for bad, message in [(["--lr", "nan"], "--lr must be a positive number"),
                          (["--model-size", "42M"], "valid sizes: tiny, 124M, 355M, 774M, 1558M"),
                          (["--max-test", "0"], "--max-test must be at least 1")]:
