@@ -1527,17 +1527,17 @@ def save_finetuned(model, config, path, **extra):
     return path
 
 
-def load_finetuned(path, device="cpu"):
+def load_finetuned(path, device="cpu", flag="checkpoint"):
     # (model in eval mode, config, the checkpoint's other entries) from save_finetuned's file.
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
+    # Read with chapter 1's read_checkpoint (weights only); errors name `flag` (a script's --checkpoint).
+    state = read_checkpoint(path, flag, ("model", "config"), device,
+                            expected="the model.pth that save_finetuned (gpt_instruction_finetune.py) writes")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
         model = GPTModel(state["config"])
-        model.load_state_dict(state["model"])
-    except Exception as exc:  # not a file save_finetuned wrote, or a damaged one
-        raise ValueError(f"cannot load the checkpoint {path.name}: {str(exc).splitlines()[0][:200]}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
+        raise ValueError(f"{flag} {path}: its config cannot build a GPTModel ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
+    load_weights(model, state["model"], flag, path, hint="its weights do not fit its own config entry")
     model.to(device).eval()
     extra = {k: v for k, v in state.items() if k not in ("model", "config")}
     return model, state["config"], extra
