@@ -1743,11 +1743,14 @@ def save_adapter(model, path):
     return path
 
 
-def load_adapter(model, path, check_weights=True):
+def load_adapter(model, path, check_weights=True, flag="adapter"):
     """Put the adapter saved at `path` on a base model of the same configuration; return the model."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_torch_file(path, flag)  # chapter 1's safe reader: missing, empty, damaged files named
     if not isinstance(data, dict) or data.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path} is not a LoRA adapter file (no format tag {ADAPTER_FORMAT!r})")
+    missing = [key for key in ("base", "base_sha256", "rank", "alpha", "tensors") if key not in data]
+    if missing:
+        raise ValueError(f"{path} is a damaged LoRA adapter file (without {', '.join(missing)})")
     ours, theirs = base_signature(model), data["base"]
     differing = [f"{key} (adapter {theirs.get(key)!r}, model {ours.get(key)!r})"
                  for key in sorted(set(ours) | set(theirs)) if theirs.get(key) != ours.get(key)]
