@@ -137,8 +137,8 @@ CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "global_step", "toke
                    "val_losses", "track_tokens_seen")
 
 
-def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
-    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
+def check_configuration(ckpt, path, config, tie_weights=False):
+    """ValueError "another configuration" naming what differs if the checkpoint's model is not this run's."""
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     diff = [f"{k} {saved.get(k)!r} vs {config[k]!r}" for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
     if ckpt.get("tie_weights", False) != tie_weights:
@@ -147,6 +147,11 @@ def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
         raise ValueError(f"--resume checkpoint {Path(path).name} was trained with another configuration "
                          f"(checkpoint vs this run: {'; '.join(diff)}); pass the same --model-size and "
                          f"--context-length (and --tie-weights), or start a new run")
+
+
+def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
+    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
+    check_configuration(ckpt, path, config, tie_weights)
     load_weights(model, ckpt["model"], "--resume", path,  # GPTModel or FastGPTModel: the same names
                  load=lambda state_dict: load_chapter_weights(model, state_dict))
     try:
@@ -182,9 +187,11 @@ def main(argv=None):
         ckpt = None if args.resume is None else read_checkpoint(  # before any work
             args.resume, "--resume", CHECKPOINT_KEYS, device, expected=f"the {CHECKPOINT_NAME} this script "
             f"saves (model, optimizer, configuration and progress)")
+        config = pretraining_config(args, MODEL_SIZES)
+        if ckpt is not None:
+            check_configuration(ckpt, args.resume, config, args.tie_weights)  # before any work too
         text = read_text(args.text_files or [download_file("the-verdict.txt")])
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
-        config = pretraining_config(args, MODEL_SIZES)
         torch.manual_seed(args.seed)
         model = (FastGPTModel(config, tie_weights=args.tie_weights) if args.fast else GPTModel(config)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
