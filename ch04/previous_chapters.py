@@ -343,9 +343,9 @@ def is_state_dict(obj):
 
 
 def describe_entries(obj, limit=4):
-    """'a, b, c, ... (7 entries)': the first few keys of a dict, for messages."""
+    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
     names = [str(k) for k in obj]
-    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
