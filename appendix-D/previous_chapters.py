@@ -332,10 +332,10 @@ def load_torch_file(path, flag, map_location="cpu"):
             raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
         raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
                          f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception as exc:
+    except Exception:  # torch's own errors for a damaged archive or another format
         if head == ZIP_MAGIC:
-            raise ValueError(f"{where} is truncated or corrupt ({type(exc).__name__}); it cannot be "
-                             f"loaded: use an intact copy") from None
+            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
+                             f"copy") from None
         raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
 
 
