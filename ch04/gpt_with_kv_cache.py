@@ -162,7 +162,13 @@ def generate_text_simple(model, idx, max_new_tokens, context_size, use_cache=Tru
 
 
 CHECKPOINT_EXPECTED = "a state_dict of the chapter's GPTModel in the 124M configuration (torch.save(model.state_dict(), path))"
-CHECKPOINT_HINT = "--checkpoint needs the 124M configuration (GPT_CONFIG_124M: context_length 1024, emb_dim 768, 12 layers)"
+
+
+def checkpoint_hint():
+    """What the script's --checkpoint must fit: GPT_CONFIG_124M's sizes."""
+    cfg = GPT_CONFIG_124M
+    return (f"--checkpoint needs the 124M configuration (GPT_CONFIG_124M: context_length {cfg['context_length']}, "
+            f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers)")
 
 
 def main(argv=None):
@@ -185,7 +191,7 @@ def main(argv=None):
         state_dict = read_checkpoint(args.checkpoint, "--checkpoint", expected=CHECKPOINT_EXPECTED)
         with torch.device("meta"):  # shapes only: no memory, no time
             load_weights(GPTModel(GPT_CONFIG_124M), state_dict, "--checkpoint", args.checkpoint,
-                         hint=CHECKPOINT_HINT, load=lambda _: None)
+                         hint=checkpoint_hint(), load=lambda _: None)
 
     import tiktoken
     tokenizer = tiktoken.get_encoding("gpt2")
@@ -193,7 +199,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = GPTModel(GPT_CONFIG_124M)
     if state_dict is not None:
-        load_weights(model, state_dict, "--checkpoint", args.checkpoint, hint=CHECKPOINT_HINT)
+        load_weights(model, state_dict, "--checkpoint", args.checkpoint, hint=checkpoint_hint())
     model.eval()
     start = time.perf_counter()
     out = generate_text_simple(model, torch.tensor([ids]), args.max_new_tokens, args.context_size,
