@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 import sys
 import math
+import pickle
 import re
 import tiktoken
 from torch.utils.data import DataLoader, Dataset
@@ -313,6 +314,110 @@ def save_atomic(path, write):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)  # only left over if write failed
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+
+
+def load_torch_file(path, flag, map_location="cpu"):
+    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
+    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
+    path = Path(path)
+    where = f"{flag} {path}"
+    if not path.is_file():
+        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise ValueError(f"{where} is an empty file, not a checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
+        if head != ZIP_MAGIC:
+            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
+                         f"safe (weights-only) load refuses, so it was not loaded") from None
+    except Exception:  # torch's own errors for a damaged archive or another format
+        if head == ZIP_MAGIC:
+            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
+                             f"copy") from None
+        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+
+
+def is_state_dict(obj):
+    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
+    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def describe_entries(obj, limit=4):
+    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
+    names = [str(k) for k in obj]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def describe_object(obj):
+    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
+
+
+def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
+    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
+
+    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
+    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
+    """
+    obj = load_torch_file(path, flag, map_location)
+    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
+    if keys is None:
+        if is_state_dict(obj):
+            return obj
+        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
+            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
+                             f"(model weights only) was expected; {needs}")
+        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
+    if is_state_dict(obj):
+        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
+                         f"expected: {needs}")
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        held = f"; it holds {describe_entries(obj)}" if obj else ""
+        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
+                         f"{', '.join(missing)}{held}); {needs}")
+    return obj
+
+
+def name_few(names, limit=3):
+    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
+    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
+
+
+def load_weights(model, state_dict, flag, path, hint="", load=None):
+    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
+    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
+    if not is_state_dict(state_dict):
+        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+                if k in state_dict and state_dict[k].shape != v.shape]
+    parts = [f"{label} {name_few(names)}" for label, names in
+             (("missing from the file", missing), ("unexpected", unexpected),
+              ("of another shape (file vs model)", reshaped)) if names]
+    if parts:
+        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
+                         + (f"; {hint}" if hint else ""))
+    (load or model.load_state_dict)(state_dict)
+    return model
 
 
 def add_pretraining_arguments(parser, model_sizes, output_dir):

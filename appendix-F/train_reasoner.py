@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from previous_chapters import (GPTModel, add_overwrite_argument, check_output, check_range, greedy_accuracy,
-                               make_problems, pick_device, reasoner_config, sample_traces, save_atomic, train_grpo,
-                               train_sft)
+                               load_weights, make_problems, pick_device, read_checkpoint, reasoner_config,
+                               sample_traces, save_atomic, train_grpo, train_sft)
 
 
 def parse_args(argv=None):
@@ -71,9 +71,6 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-    for ckpt in (args.grpo_from, args.distill_from):
-        if ckpt is not None and not ckpt.is_file():
-            parser.error(f"checkpoint not found: {ckpt}")
     if args.distill_from is not None and args.n_traces > args.n_train:
         parser.error(f"--n-traces ({args.n_traces}) must not exceed --n-train ({args.n_train})")
     if args.output is not None:
@@ -85,13 +82,17 @@ def parse_args(argv=None):
     return args, parser
 
 
-def load_checkpoint(path, device):
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or not {"model", "config", "digits"} <= set(ckpt):
-        raise ValueError(f"{path} is not a train_reasoner.py checkpoint (needs model, config and digits)")
-    model = GPTModel(ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
+def load_checkpoint(path, flag, device):
+    """(model, checkpoint dict) from a file this script saved; ValueError naming `flag` otherwise."""
+    ckpt = read_checkpoint(path, flag, ("model", "config", "digits"), device,
+                           expected="a checkpoint that train_reasoner.py --output saved (model, config and digits)")
+    try:
+        model = GPTModel(ckpt["config"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
+        raise ValueError(f"{flag} {path}: its config cannot build a GPTModel ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
+    load_weights(model, ckpt["model"], flag, path, hint="its weights do not fit its own config entry")
+    return model.to(device), ckpt
 
 
 def save_checkpoint(path, model, config, digits, method):
@@ -106,8 +107,8 @@ def main(argv=None):
     try:
         start = time.time()
         source = args.grpo_from or args.distill_from
-        if source is not None:
-            base, ckpt = load_checkpoint(source, args.device)
+        if source is not None:  # read and checked before any work
+            base, ckpt = load_checkpoint(source, "--grpo-from" if args.grpo_from else "--distill-from", args.device)
             if args.digits is not None and args.digits != ckpt["digits"]:
                 parser.error(f"--digits {args.digits} differs from the checkpoint's {ckpt['digits']} ({source})")
             digits = ckpt["digits"]

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from previous_chapters import GPT_CONFIG_124M, MultiHeadAttention, check_context_length, check_range, run_script
+from previous_chapters import (GPT_CONFIG_124M, MultiHeadAttention, check_context_length, check_range, load_weights,
+                               read_checkpoint, run_script)
 from previous_chapters import GPTModel as ChapterGPTModel
 from previous_chapters import TransformerBlock as ChapterTransformerBlock
 
@@ -160,6 +161,16 @@ def generate_text_simple(model, idx, max_new_tokens, context_size, use_cache=Tru
     return idx
 
 
+CHECKPOINT_EXPECTED = "a state_dict of the chapter's GPTModel in the 124M configuration (torch.save(model.state_dict(), path))"
+
+
+def checkpoint_hint():
+    """What the script's --checkpoint must fit: GPT_CONFIG_124M's sizes."""
+    cfg = GPT_CONFIG_124M
+    return (f"--checkpoint needs the 124M configuration (GPT_CONFIG_124M: context_length {cfg['context_length']}, "
+            f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default="Hello, I am")
@@ -167,27 +178,28 @@ def main(argv=None):
     parser.add_argument("--context-size", type=int, default=GPT_CONFIG_124M["context_length"])
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
     parser.add_argument("--checkpoint", type=Path,
-                        help="a state_dict of the chapter's GPTModel (124M config) to load")
+                        help="a state_dict of the chapter's GPTModel (124M config) to load: a bare state "
+                             "dict, not a gpt_train.py checkpoint (checked before the model is built)")
     parser.add_argument("--seed", type=int, default=123, help="seed for the random weights")
     args = parser.parse_args(argv)
     check_range(parser, args, ["max_new_tokens"], 0)
     check_range(parser, args, ["context_size"], 1, GPT_CONFIG_124M["context_length"])
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+    if not args.prompt:
+        parser.error("--prompt must not be empty")
+    state_dict = None
+    if args.checkpoint is not None:  # read and checked before the model is built
+        state_dict = read_checkpoint(args.checkpoint, "--checkpoint", expected=CHECKPOINT_EXPECTED)
+        with torch.device("meta"):  # shapes only: no memory, no time
+            load_weights(GPTModel(GPT_CONFIG_124M), state_dict, "--checkpoint", args.checkpoint,
+                         hint=checkpoint_hint(), load=lambda _: None)
 
     import tiktoken
     tokenizer = tiktoken.get_encoding("gpt2")
     ids = tokenizer.encode(args.prompt)
-    if not ids:
-        parser.error("--prompt must not be empty")
     torch.manual_seed(args.seed)
     model = GPTModel(GPT_CONFIG_124M)
-    if args.checkpoint:
-        try:
-            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-        except Exception as exc:  # a truncated file, another format, other shapes or names
-            raise ValueError(f"--checkpoint {args.checkpoint}: not a state_dict of the 124M GPTModel "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if state_dict is not None:
+        load_weights(model, state_dict, "--checkpoint", args.checkpoint, hint=checkpoint_hint())
     model.eval()
     start = time.perf_counter()
     out = generate_text_simple(model, torch.tensor([ids]), args.max_new_tokens, args.context_size,

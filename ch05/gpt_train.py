@@ -20,7 +20,6 @@ distributed sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU
 process prints, plots and saves.
 """
 import argparse
-import pickle
 import time
 from pathlib import Path
 
@@ -33,8 +32,9 @@ from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatas
                                add_fast_path_arguments, add_overwrite_argument, add_pretraining_arguments,
                                check_fast_path_arguments, check_output, check_pretraining_arguments,
                                distributed_env, download_file, evaluate_model, generate_sample,
-                               load_chapter_weights, maybe_compile, pick_device, plot_losses, pretraining_config,
-                               read_text, report_bf16, run_script, save_atomic, train_model_simple, training_view)
+                               load_chapter_weights, load_weights, maybe_compile, pick_device, plot_losses,
+                               pretraining_config, read_checkpoint, read_text, report_bf16, run_script, save_atomic,
+                               train_model_simple, training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -110,45 +110,9 @@ CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "global_step", "toke
                    "val_losses", "track_tokens_seen")
 
 
-def read_checkpoint(path, device):
-    """The checkpoint dict in `path` (loaded with weights_only=True only), or a ValueError saying
-    what the file is instead: missing, not a checkpoint, truncated or corrupt, or a bare state dict."""
-    path = Path(path)
-    where = f"--resume {path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head:
-        raise ValueError(f"{where} is an empty file, not a checkpoint")
-    is_zip = head == b"PK\x03\x04"  # torch.save's format is a zip archive
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
-        if not is_zip:
-            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
-                         f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception as exc:
-        if is_zip:
-            raise ValueError(f"{where} is truncated or corrupt ({type(exc).__name__}); it cannot be "
-                             f"resumed, use an intact checkpoint or start a new run") from None
-        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
-                         f"expected: --resume needs the {CHECKPOINT_NAME} this script saves (model, "
-                         f"optimizer, configuration and progress)")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else None
-    if missing is None or missing:
-        what = (f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}")
-        raise ValueError(f"{where} is not a checkpoint of this script ({what}); --resume needs the "
-                         f"{CHECKPOINT_NAME} it saves")
-    return ckpt
-
-
-def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
-    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
-    saved = ckpt.get("config", {})
+def check_configuration(ckpt, path, config, tie_weights=False):
+    """ValueError "another configuration" naming what differs if the checkpoint's model is not this run's."""
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     diff = [f"{k} {saved.get(k)!r} vs {config[k]!r}" for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
     if ckpt.get("tie_weights", False) != tie_weights:
         diff.append(f"tie_weights {ckpt.get('tie_weights', False)} vs {tie_weights}")
@@ -156,8 +120,18 @@ def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
         raise ValueError(f"--resume checkpoint {Path(path).name} was trained with another configuration "
                          f"(checkpoint vs this run: {'; '.join(diff)}); pass the same --model-size and "
                          f"--context-length (and --tie-weights), or start a new run")
-    load_chapter_weights(model, ckpt["model"])  # GPTModel or FastGPTModel: the same names
-    optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
+    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
+    check_configuration(ckpt, path, config, tie_weights)
+    load_weights(model, ckpt["model"], "--resume", path,  # GPTModel or FastGPTModel: the same names
+                 load=lambda state_dict: load_chapter_weights(model, state_dict))
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-made or damaged optimizer entry
+        raise ValueError(f"--resume {path}: its optimizer state does not fit this run's AdamW optimizer "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     return ckpt
 
 
@@ -183,10 +157,14 @@ def main(argv=None):
     main_process = rank == 0
     log = print if main_process else (lambda *a, **k: None)
     try:
-        ckpt = None if args.resume is None else read_checkpoint(args.resume, device)  # before any work
+        ckpt = None if args.resume is None else read_checkpoint(  # before any work
+            args.resume, "--resume", CHECKPOINT_KEYS, device, expected=f"the {CHECKPOINT_NAME} this script "
+            f"saves (model, optimizer, configuration and progress)")
+        config = pretraining_config(args, MODEL_SIZES)
+        if ckpt is not None:
+            check_configuration(ckpt, args.resume, config, args.tie_weights)  # before any work too
         text = read_text(args.text_files or [download_file("the-verdict.txt")])
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
-        config = pretraining_config(args, MODEL_SIZES)
         torch.manual_seed(args.seed)
         model = (FastGPTModel(config, tie_weights=args.tie_weights) if args.fast else GPTModel(config)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,

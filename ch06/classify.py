@@ -15,7 +15,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from previous_chapters import GPTModel, classify_texts, pick_device
+from previous_chapters import GPTModel, classify_texts, load_weights, pick_device, read_checkpoint
 
 CHECKPOINT_KIND = "gpt-spam-classifier"  # written by gpt_class_finetune.py
 CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
@@ -32,31 +32,28 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not args.checkpoint.is_file():
-        p.error(f"--checkpoint {args.checkpoint}: no such file")
     return args
 
 
 def load_classifier(path, device):
     """(model, checkpoint dict) from a gpt_class_finetune.py checkpoint; ValueError if it is not one."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # not a zip/pickle file, truncated, or holding non-tensor objects
-        raise ValueError(f"--checkpoint {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"--checkpoint {path} is not a spam classifier saved by gpt_class_finetune.py")
-    config = ckpt.get("config")
+    ckpt = read_checkpoint(path, "--checkpoint", ("kind", "model_state_dict", "config", "num_classes"), device,
+                           expected="the classifier.pth that gpt_class_finetune.py saves")
+    if ckpt["kind"] != CHECKPOINT_KIND:
+        raise ValueError(f"--checkpoint {path} is not a spam classifier saved by gpt_class_finetune.py "
+                         f"(its kind is {ckpt['kind']!r})")
+    config = ckpt["config"]
     if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
         raise ValueError(f"--checkpoint {path} lacks the model configuration")
     try:
         model = GPTModel(config)
         model.out_head = torch.nn.Linear(config["emb_dim"], ckpt["num_classes"])
-        model.load_state_dict(ckpt["model_state_dict"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0:2]
-        raise ValueError(f"--checkpoint {path}: its weights do not fit its configuration "
-                         f"(emb_dim {config['emb_dim']}, n_layers {config['n_layers']}, "
-                         f"context_length {config['context_length']}): {' '.join(first)}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"--checkpoint {path}: its configuration cannot build a model "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    load_weights(model, ckpt["model_state_dict"], "--checkpoint", path,
+                 hint=f"its weights do not fit its configuration (emb_dim {config['emb_dim']}, n_layers "
+                      f"{config['n_layers']}, context_length {config['context_length']}): the file was damaged or edited")
     return model.to(device).eval(), ckpt
 
 
@@ -77,8 +74,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
+        model, ckpt = load_classifier(args.checkpoint, device)  # before waiting for standard input
         messages = read_messages(args)
-        model, ckpt = load_classifier(args.checkpoint, device)
         tokenizer = tiktoken.get_encoding("gpt2")
         probas = classify_texts(messages, model, tokenizer, device, max_length=ckpt.get("max_length"),
                                 pad_token_id=ckpt.get("pad_token_id", 50256), batch_size=args.batch_size)

@@ -75,7 +75,7 @@ def main(argv=None, stdin=None):
     args = parse_args(argv)
     stdin = stdin or sys.stdin
     device = pick_device() if args.device == "auto" else torch.device(args.device)
-    model, _, extra = load_finetuned(args.checkpoint, device)
+    model, _, extra = load_finetuned(args.checkpoint, device, flag="--checkpoint")
     tokenizer = tiktoken.get_encoding("gpt2")
     torch.manual_seed(args.seed)
     note = " (STAND-IN weights: expect gibberish)" if extra.get("is_standin") else ""

@@ -67,13 +67,14 @@ def load_responses(path):
 def main(argv=None):
     args = parse_args(argv)
     entries = load_responses(args.responses)
+    if args.checkpoint is not None:  # read (and refused if it is not one) before anything is printed
+        device = pick_device() if args.device == "auto" else args.device
+        model, _, _ = load_finetuned(args.checkpoint, device, flag="--checkpoint")
     metrics = offline_metrics(entries)
     print(f"responses: {metrics['n']}")
     print(f"ROUGE-L F1: {metrics['rouge_l_f1']:.1f}%")
     print(f"exact match: {metrics['exact_match']:.1f}%")
     if args.checkpoint is not None:
-        device = pick_device() if args.device == "auto" else args.device
-        model, _, _ = load_finetuned(args.checkpoint, device)
         nll = response_nll(model, entries, tiktoken.get_encoding("gpt2"), device)
         print(f"reference-answer NLL: {nll:.3f} nats/token")
     if args.judge_url is not None:

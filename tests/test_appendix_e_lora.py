@@ -220,3 +220,21 @@ def test_trainable_counts_by_hand(rank):
     model = lora_classifier(rank=rank, alpha=rank)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     assert sum(p.numel() for p in pc.adapter_state_dict(model).values()) == expected + d * 2 + 2
+
+
+def test_load_adapter_names_a_file_that_is_not_an_adapter(tmp_path):
+    path = pc.save_adapter(lora_classifier(rank=4, alpha=8), tmp_path / "b.pth")
+    data = path.read_bytes()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.txt").write_text("not an adapter", encoding="utf-8")
+    for name, phrase in [("missing.pth", "checkpoint not found"), ("empty.pth", "is an empty file"),
+                         ("cut.pth", "is truncated or corrupt"), ("notes.txt", "not a file written by torch.save")]:
+        with pytest.raises(ValueError, match=phrase) as err:
+            pc.load_adapter(tiny_classifier(), tmp_path / name, flag="--adapter")
+        assert str(err.value).startswith(f"--adapter {tmp_path / name}") and "weights_only" not in str(err.value)
+    damaged = torch.load(path, weights_only=True)
+    del damaged["tensors"]
+    torch.save(damaged, tmp_path / "damaged.pth")
+    with pytest.raises(ValueError, match="is a damaged LoRA adapter file \\(without tensors\\)"):
+        pc.load_adapter(tiny_classifier(), tmp_path / "damaged.pth")

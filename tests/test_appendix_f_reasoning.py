@@ -162,7 +162,7 @@ def test_script_sft_grpo_distill_end_to_end(tmp_path):
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
     (["--digits", "12"], "--digits must be between 1 and 9, got 12"),
-    (["--grpo-from", "/nonexistent/ckpt.pth"], "checkpoint not found: /nonexistent/ckpt.pth"),
+    (["--grpo-from", "/nonexistent/ckpt.pth"], "--grpo-from /nonexistent/ckpt.pth: checkpoint not found"),
     (["--output", "/proc/no-such-dir/out.pth"], "--output /proc/no-such-dir/out.pth cannot be created or written"),
     (["--emb-dim", "30", "--n-heads", "4"], "--emb-dim (30) must be divisible by --n-heads (4)"),
     (["--digits", "1", "--n-train", "100"], "too many distinct 1-digit problems"),
@@ -178,5 +178,6 @@ def test_script_rejects_foreign_checkpoint(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"weights": torch.zeros(2)}, bad)
     result = run("--grpo-from", str(bad), "--device", "cpu")
-    assert result.returncode == 2 and "is not a train_reasoner.py checkpoint" in result.stderr
+    assert result.returncode == 2 and "is a state dict (model weights only) where a full checkpoint" in result.stderr
+    assert "--grpo-from needs a checkpoint that train_reasoner.py --output saved" in result.stderr
     assert "Traceback" not in result.stderr

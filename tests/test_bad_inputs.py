@@ -356,3 +356,96 @@ def test_a_save_failing_halfway_leaves_the_previous_file_and_no_temp_file(script
                 new["model" if "model" in new else "model_state_dict"].values()))
         else:
             assert after[name] == before[name], name  # the earlier file whole (or the same bytes again)
+
+
+# ---- issue 19, "one loader": every script that reads a checkpoint, given files that are not the one it
+# needs (chapter 1's read_checkpoint / load_weights). (script, flag, file, phrase the error line must hold)
+CASES_LOADER = [
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "missing.pth", "checkpoint not found"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "folder", "checkpoint not found (it is a folder)"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "empty.pth", "empty file, not a checkpoint"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "notes.txt", "not a checkpoint (not a file written by torch.save)"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "truncated.pth", "truncated or corrupt"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "gpt_train.pth", "is a full checkpoint (model, optimizer, config"),
+    ("ch04/gpt_with_kv_cache.py", "--checkpoint", "other_config.pth", "holds weights of another configuration"),
+    ("ch06/classify.py", "--checkpoint", "empty.pth", "empty file, not a checkpoint"),
+    ("ch06/classify.py", "--checkpoint", "objects.pth", "holds Python objects that a safe (weights-only) load refuses"),
+    ("ch06/classify.py", "--checkpoint", "gpt_train.pth", "not a checkpoint of this script (a dict without kind"),
+    ("ch06/classify.py", "--checkpoint", "other_config.pth", "holds weights of another configuration"),
+    ("ch07/chat.py", "--checkpoint", "random.bin", "not a checkpoint (not a file written by torch.save)"),
+    ("ch07/chat.py", "--checkpoint", "state_dict.pth", "a state dict (model weights only) where a full checkpoint"),
+    ("ch07/chat.py", "--checkpoint", "other_config.pth", "holds weights of another configuration"),
+    ("ch07/evaluate.py", "--checkpoint", "truncated.pth", "truncated or corrupt"),
+    ("appendix-F/train_reasoner.py", "--grpo-from", "tensor.pth", "not a checkpoint of this script (a Tensor)"),
+    ("appendix-F/train_reasoner.py", "--grpo-from", "gpt_train.pth", "not a checkpoint of this script (a dict without digits"),
+    ("appendix-F/train_reasoner.py", "--grpo-from", "other_config.pth", "holds weights of another configuration"),
+    ("appendix-F/train_reasoner.py", "--distill-from", "plain_dict.pth", "(a dict without model, config, digits"),
+    ("ch05/gpt_train.py", "--resume", "gpt_train.pth", "trained with another configuration (checkpoint vs this run: "
+                                                        "vocab_size 64 vs 50257; context_length 32 vs 16"),
+    ("ch05/gpt_train.py", "--resume", "other_config.pth", "not a checkpoint of this script (a dict without optimizer"),
+]
+LOADER_CFG = {"vocab_size": 64, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
+              "qkv_bias": False}
+
+
+def make_loader_file(name, folder, script):
+    """make_bad_checkpoint's files, plus: objects.pth (an optimizer object, refused by a weights-only load), folder,
+    gpt_train.pth (gpt_train.py's layout, a tiny model of LOADER_CFG) and other_config.pth (the layout `script`
+    reads, with weights that do not fit: a tiny state dict for gpt_with_kv_cache.py; elsewhere a config entry of
+    width 64 beside weights of width 32; for gpt_train.py a classifier, another script's checkpoint)."""
+    path = folder / name
+    if name == "folder":
+        path.mkdir()
+        return path
+    if name not in ("objects.pth", "gpt_train.pth", "other_config.pth"):
+        return make_bad_checkpoint(name, folder)
+    pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_bad_inputs")
+    torch.manual_seed(0)
+    model = pc.GPTModel(LOADER_CFG)
+    if name == "objects.pth":
+        torch.save({"model": model.state_dict(), "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}, path)
+    elif name == "gpt_train.pth":
+        optimizer = torch.optim.AdamW(model.parameters())
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": LOADER_CFG,
+                    "model_size": "tiny", "world_size": 1, "tie_weights": False, "epoch": 1, "global_step": 3,
+                    "tokens_seen": 96, "train_losses": [], "val_losses": [], "track_tokens_seen": []}, path)
+    elif script.endswith("gpt_with_kv_cache.py"):
+        torch.save(model.state_dict(), path)
+    else:
+        wider = {**LOADER_CFG, "emb_dim": 64}
+        torch.save({"kind": "gpt-spam-classifier", "model_state_dict": model.state_dict(), "num_classes": 2,
+                    "model": model.state_dict(), "config": wider, "digits": 2}, path)
+    return path
+
+
+def loader_command(script, flag, path, tmp_path):
+    if script.endswith("gpt_train.py"):
+        text = tmp_path / "story.txt"
+        text.write_text(TEXT, encoding="utf-8")
+        args = [a.format(tmp=tmp_path, text=text) for a in TRAIN_BASE]
+        return args + [flag, str(path)]
+    if script.endswith("classify.py"):
+        return [flag, str(path), "--device", "cpu", "a message"]
+    if script.endswith("evaluate.py"):
+        responses = tmp_path / "responses.json"
+        responses.write_text('[{"instruction": "Name a color.", "input": "", "output": "Red.", '
+                             '"model_response": "Blue."}]', encoding="utf-8")
+        return [str(responses), flag, str(path), "--device", "cpu"]
+    if script.endswith("gpt_with_kv_cache.py"):
+        return [flag, str(path), "--max-new-tokens", "1"]
+    return [flag, str(path), "--device", "cpu"]
+
+
+@pytest.mark.parametrize("script,flag,name,phrase", CASES_LOADER,
+                         ids=[f"{s.split('/')[-1]} {f} {n}" for s, f, n, _ in CASES_LOADER])
+def test_a_file_that_is_not_the_checkpoint_a_script_needs_is_a_clear_error(script, flag, name, phrase, tmp_path):
+    path = make_loader_file(name, tmp_path, script)
+    before = path.read_bytes() if path.is_file() else None
+    result = subprocess.run([sys.executable, str(ROOT / script), *loader_command(script, flag, path, tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and f"{flag} " in errors[0] and phrase in errors[0], result.stderr
+    assert (path.read_bytes() if path.is_file() else None) == before
+    assert not (tmp_path / "run").exists()  # gpt_train.py: stopped before any work

@@ -362,3 +362,117 @@ def test_check_fast_path_arguments_and_report_bf16(capsys):
     pc.report_bf16(parser.parse_args([]), "cpu", lines.append)
     pc.report_bf16(parser.parse_args(["--bf16"]), "cpu", lines.append)
     assert lines == [f"--bf16: {pc.autocast_dtype('cpu')[1]}"]
+
+
+# ---- read_checkpoint / load_torch_file / load_weights: one loader for every checkpoint
+
+def make_checkpoint_files(folder):
+    """{name: path} for a good full checkpoint and each kind of wrong file."""
+    layer = torch.nn.Linear(3, 2)
+    full = {"model": layer.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 1}
+    paths = {name: folder / name for name in ["missing.pth", "folder.pth", "empty.pth", "notes.txt", "random.bin",
+                                              "objects.pth", "truncated.pth", "state_dict.pth", "tensor.pth",
+                                              "plain_dict.pth", "empty_dict.pth", "good.pth"]}
+    paths["folder.pth"].mkdir()
+    paths["empty.pth"].write_bytes(b"")
+    paths["notes.txt"].write_text("my training notes\n", encoding="utf-8")
+    paths["random.bin"].write_bytes(bytes(range(256)) * 8)
+    torch.save({"model": layer.state_dict(), "optimizer": torch.optim.SGD(layer.parameters(), lr=0.1)},
+               paths["objects.pth"])
+    torch.save(full, paths["good.pth"])
+    data = paths["good.pth"].read_bytes()
+    paths["truncated.pth"].write_bytes(data[: len(data) // 2])
+    torch.save(layer.state_dict(), paths["state_dict.pth"])
+    torch.save(torch.ones(3), paths["tensor.pth"])
+    torch.save({"epoch": 3, "note": "hello"}, paths["plain_dict.pth"])
+    torch.save({}, paths["empty_dict.pth"])
+    return paths
+
+
+FULL_CHECKPOINT_ERRORS = {
+    "missing.pth": "missing.pth: checkpoint not found",
+    "folder.pth": "checkpoint not found (it is a folder)",
+    "empty.pth": "empty.pth is an empty file, not a checkpoint",
+    "notes.txt": "notes.txt is not a checkpoint (not a file written by torch.save)",
+    "random.bin": "random.bin is not a checkpoint (not a file written by torch.save)",
+    "objects.pth": "objects.pth is not a checkpoint of this script: it holds Python objects",
+    "truncated.pth": "truncated.pth is truncated or corrupt",
+    "state_dict.pth": "state_dict.pth is a state dict (model weights only) where a full checkpoint was expected: "
+                      "--resume needs a run's checkpoint",
+    "tensor.pth": "tensor.pth is not a checkpoint of this script (a Tensor); --resume needs a run's checkpoint",
+    "plain_dict.pth": "(a dict without model, optimizer; it holds epoch, note)",
+    "empty_dict.pth": "(a dict without model, optimizer); --resume needs",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_CHECKPOINT_ERRORS))
+def test_read_checkpoint_names_each_kind_of_wrong_file(name, tmp_path):
+    paths = make_checkpoint_files(tmp_path)
+    before = paths[name].read_bytes() if paths[name].is_file() else None
+    with pytest.raises(ValueError) as err:
+        pc.read_checkpoint(paths[name], "--resume", keys=("model", "optimizer"), expected="a run's checkpoint")
+    message = str(err.value)
+    assert message.startswith(f"--resume {paths[name]}") and FULL_CHECKPOINT_ERRORS[name] in message
+    assert "weights_only" not in message and "\n" not in message
+    assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)
+    assert (paths[name].read_bytes() if paths[name].is_file() else None) == before
+
+
+def test_read_checkpoint_loads_weights_only_and_maps_the_device(tmp_path, monkeypatch):
+    paths = make_checkpoint_files(tmp_path)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    ckpt = pc.read_checkpoint(paths["good.pth"], "--resume", keys=("model", "optimizer"), map_location="cpu")
+    assert ckpt["epoch"] == 1 and set(ckpt["model"]) == {"weight", "bias"}
+    for name in ("objects.pth", "truncated.pth", "notes.txt"):
+        with pytest.raises(ValueError):
+            pc.read_checkpoint(paths[name], "--resume", keys=("model",))
+    assert calls and all(k.get("weights_only") is True and k.get("map_location") == "cpu" for k in calls)
+
+
+def test_read_checkpoint_for_a_bare_state_dict(tmp_path):
+    paths = make_checkpoint_files(tmp_path)
+    state = pc.read_checkpoint(paths["state_dict.pth"], "--checkpoint", expected="a state dict")
+    assert set(state) == {"weight", "bias"}
+    with pytest.raises(ValueError, match=r"good.pth is a full checkpoint \(model, optimizer, epoch\) where a state "
+                                         r"dict \(model weights only\) was expected; --checkpoint needs a state dict"):
+        pc.read_checkpoint(paths["good.pth"], "--checkpoint", expected="a state dict")
+    for name, what in [("tensor.pth", "(a Tensor)"), ("empty_dict.pth", "(an empty dict)"),
+                       ("plain_dict.pth", "(a dict whose entries are not all tensors: epoch, note)")]:
+        with pytest.raises(ValueError) as err:
+            pc.read_checkpoint(paths[name], "--checkpoint")
+        assert f"{name} is not a state dict {what}; --checkpoint needs" in str(err.value)
+
+
+def net(width=4, layers=2):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+
+
+def test_load_weights_names_what_differs_before_loading():
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cases = [(net(width=8), r"another configuration: of another shape \(file vs model\) 4 \(0.weight \(8, 8\) "
+                            r"vs \(4, 4\), 0.bias \(8,\) vs \(4,\), 1.weight \(8, 8\) vs \(4, 4\), ...\); use tiny$"),
+             (net(layers=3), r"another configuration: unexpected 2 \(2.weight, 2.bias\); use tiny$"),
+             (net(layers=1), r"another configuration: missing from the file 2 \(1.weight, 1.bias\); use tiny$")]
+    for other, pattern in cases:
+        with pytest.raises(ValueError, match=r"^--checkpoint run/m.pth holds weights of " + pattern):
+            pc.load_weights(model, other.state_dict(), "--checkpoint", "run/m.pth", hint="use tiny")
+    with pytest.raises(ValueError, match="its weights are not a state dict \\(a list\\)"):
+        pc.load_weights(model, [1, 2], "--checkpoint", "run/m.pth")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing loaded
+    source = net()
+    with torch.no_grad():
+        source[0].weight.fill_(0.5)
+    assert pc.load_weights(model, source.state_dict(), "--checkpoint", "run/m.pth") is model
+    assert torch.equal(model[0].weight, torch.full((4, 4), 0.5))
+    seen = []
+    pc.load_weights(model, source.state_dict(), "--x", "p", load=seen.append)  # a model's own way to load
+    assert len(seen) == 1 and seen[0] is not None

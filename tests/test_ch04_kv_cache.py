@@ -116,3 +116,22 @@ def test_bad_inputs_give_clear_errors():
             cached.reset_kv_cache()
             cached(torch.tensor([[1]]), use_cache=True)
             cached(torch.tensor([[1], [2]]), use_cache=True)
+
+
+def test_script_loads_a_chapter_state_dict_and_refuses_other_weights(tmp_path, monkeypatch, capsys):
+    cfg = {**CFG, "vocab_size": 50257, "drop_rate": 0.0}  # the script's tokenizer needs GPT-2's vocabulary
+    monkeypatch.setattr(kv, "GPT_CONFIG_124M", cfg)  # a small stand-in for the 124M configuration
+    torch.manual_seed(1)
+    ref = chapter.GPTModel(cfg).eval()
+    path = tmp_path / "model.pth"
+    torch.save(ref.state_dict(), path)
+    args = ["--checkpoint", str(path), "--prompt", "Hello", "--max-new-tokens", "3", "--context-size", "8"]
+    assert kv.main(args) == 0
+    ids = torch.tensor([[15496]])  # "Hello"
+    expected = chapter.generate_text_simple(ref, ids, 3, 8)
+    import tiktoken
+    assert capsys.readouterr().out.splitlines()[0] == tiktoken.get_encoding("gpt2").decode(expected[0].tolist())
+    torch.save(chapter.GPTModel({**cfg, "n_layers": 1}).state_dict(), path)  # one block fewer
+    with pytest.raises(ValueError, match=r"another configuration: missing from the file 14 \(trf_blocks.1.*"
+                                         r"context_length 16, emb_dim 32, 2 layers\)$"):
+        kv.main(args)

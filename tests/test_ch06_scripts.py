@@ -76,17 +76,23 @@ def test_bad_input_to_classify(trained, tmp_path, capsys):
     ckpt = trained / "classifier.pth"
     assert classify.main(["--checkpoint", str(ckpt), "--device", "cpu", "fine", " "]) == 2
     assert capsys.readouterr().err.strip() == "error: message 2 (the argument number 2) is empty"
-    with pytest.raises(SystemExit) as exc:
-        classify.main(["--checkpoint", str(tmp_path / "missing.pth"), "hello"])
-    assert exc.value.code == 2 and "missing.pth: no such file" in capsys.readouterr().err
+    assert classify.main(["--checkpoint", str(tmp_path / "missing.pth"), "--device", "cpu", "hello"]) == 2
+    assert "missing.pth: checkpoint not found" in capsys.readouterr().err
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a checkpoint")
     assert classify.main(["--checkpoint", str(text_file), "--device", "cpu", "hello"]) == 2
-    assert "is not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert "is not a checkpoint (not a file written by torch.save)" in capsys.readouterr().err
     other = tmp_path / "other.pth"
     torch.save({"model": {}, "config": {"emb_dim": 32}}, other)  # e.g. chapter 5's checkpoint
     assert classify.main(["--checkpoint", str(other), "--device", "cpu", "hello"]) == 2
-    assert "is not a spam classifier saved by gpt_class_finetune.py" in capsys.readouterr().err
+    assert ("is not a checkpoint of this script (a dict without kind, model_state_dict, num_classes; it holds "
+            "model, config); --checkpoint needs the classifier.pth that gpt_class_finetune.py saves"
+            in capsys.readouterr().err)
+    other_kind = {**torch.load(ckpt, weights_only=True), "kind": "something-else"}
+    torch.save(other_kind, other)
+    assert classify.main(["--checkpoint", str(other), "--device", "cpu", "hello"]) == 2
+    assert "is not a spam classifier saved by gpt_class_finetune.py (its kind is 'something-else')" in \
+        capsys.readouterr().err
     saved = torch.load(ckpt, weights_only=True)
     saved["config"] = {**saved["config"], "emb_dim": 64}   # a configuration its weights do not fit
     wrong = tmp_path / "wrong.pth"
