@@ -588,7 +588,7 @@ class CausalAttention(nn.Module):
     def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
         super().__init__()
         check_attention_sizes(d_in, d_out, context_length)
-        self.d_out = d_out
+        self.d_in, self.d_out = d_in, d_out
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -596,7 +596,7 @@ class CausalAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
-        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
+        check_attention_input(x, self.d_in, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
@@ -625,7 +625,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
         check_attention_sizes(d_in, d_out, context_length, num_heads)
-        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        self.d_in, self.d_out, self.num_heads, self.head_dim = d_in, d_out, num_heads, d_out // num_heads
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -635,7 +635,7 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
 
     def forward(self, x):
-        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
+        check_attention_input(x, self.d_in, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -705,7 +705,7 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
     """Same parameters as MultiHeadAttention; the attention itself uses F.scaled_dot_product_attention."""
 
     def forward(self, x):
-        check_attention_input(x, self.W_query.in_features, self.mask.shape[0])
+        check_attention_input(x, self.d_in, self.mask.shape[0])
         b, num_tokens, d_in = x.shape
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
