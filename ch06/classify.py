@@ -1,6 +1,6 @@
 """Classify text messages as spam or ham with a classifier saved by gpt_class_finetune.py.
 
-    python ch06/classify.py --checkpoint runs/gpt_class_finetune/run-1/classifier.pth "WINNER! Call now"
+    python ch06/classify.py --checkpoint runs/gpt_class_finetune/run-001/classifier.pth "WINNER! Call now"
     python ch06/classify.py --checkpoint runs/spam/classifier.pth < messages.txt   # one per line
 
 Prints one line per message: the label, the probability the model gives that label, two
