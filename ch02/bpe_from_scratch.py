@@ -538,6 +538,8 @@ def main(argv=None):
     if path.resolve() == args.output.resolve():
         tr.error(f"output {args.output} is the input file; choose another name")
     text = read_text([path], flag="input")  # a ValueError naming the file if it is not UTF-8 text
+    if not text.strip():
+        tr.error(f"input {args.input} holds no text to learn from")
     tok = BPETokenizer().train(text, args.vocab_size)
     save_atomic(args.output, tok.save)  # an interruption leaves no half-written file
     print(f"trained {tok!r}; saved to {args.output}")

@@ -49,12 +49,12 @@ def parse_args(argv=None):
     except ValueError as exc:
         parser.error(f"--device {args.device}: {exc}")
     memory = device_memory(args.device)
-    need = memory_needed(args.batch, args.tokens, args.emb_dim, args.heads)
+    need = memory_needed(args.batch, args.tokens, args.emb_dim, args.heads, 1 + len(set(args.only) - {"chapter"}))
     if memory is not None and need > memory:
         gb = 1024 ** 3
         parser.error(f"--batch {args.batch} x --tokens {args.tokens} x --emb-dim {args.emb_dim} with --heads "
                      f"{args.heads} needs about {need / gb:.1f} GiB, more than the {memory / gb:.1f} GiB of "
-                     f"memory of {args.device}; lower --batch or --tokens")
+                     f"memory of {args.device}; lower --batch, --tokens or --emb-dim")
     return args
 
 
@@ -68,12 +68,14 @@ def device_memory(device):
         return None
 
 
-def memory_needed(batch, tokens, emb_dim, heads):
-    """A rough estimate of the float32 bytes one forward+backward holds at once: the chapter's
-    attention keeps about four (batch, heads, tokens, tokens) score tensors (scores, masked,
-    softmax, and a gradient) and about a dozen (batch, tokens, emb_dim) ones (input, queries,
-    keys, values, context, output and their gradients), plus its (tokens, tokens) mask."""
-    return 4 * (4 * batch * heads * tokens ** 2 + 12 * batch * tokens * emb_dim + tokens ** 2)
+def memory_needed(batch, tokens, emb_dim, heads, n_modules):
+    """A rough estimate of the float32 bytes a run holds at once: each of the n_modules keeps four
+    (emb_dim, emb_dim) weights with their gradients and a (tokens, tokens) mask; one forward+backward
+    of the chapter's attention about four (batch, heads, tokens, tokens) score tensors (scores,
+    masked, softmax, and a gradient) and about a dozen (batch, tokens, emb_dim) ones (input,
+    queries, keys, values, context, output and their gradients)."""
+    modules = n_modules * (2 * 4 * emb_dim ** 2 + tokens ** 2)
+    return 4 * (modules + 4 * batch * heads * tokens ** 2 + 12 * batch * tokens * emb_dim)
 
 
 def _sync(device):

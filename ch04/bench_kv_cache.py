@@ -39,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args(argv)
     check_range(parser, args, ("max_new_tokens", "repeats"), 1)
+    check_range(parser, args, ("seed",), -2 ** 63, 2 ** 64 - 1)  # what torch.manual_seed accepts
     check_range(parser, args, ("threads",), 1, os.cpu_count() or 1)  # far more threads than CPUs can crash
     import tiktoken
     n_prompt = len(tiktoken.get_encoding("gpt2").encode(args.prompt, allowed_special={"<|endoftext|>"}))

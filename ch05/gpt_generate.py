@@ -56,6 +56,9 @@ def parse_args(argv=None):
         p.error(range_error("--temperature", args.temperature))
     if args.temperature < 0:
         p.error(f"--temperature must be >= 0 (0 means greedy), got {args.temperature}")
+    seed_error = range_error("--seed", args.seed, -2 ** 63, 2 ** 64 - 1)  # what torch.manual_seed accepts
+    if seed_error:
+        p.error(seed_error)
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
     if not args.prompt:
