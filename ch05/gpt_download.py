@@ -80,6 +80,9 @@ def main(argv=None):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
+    except ValueError as exc:  # files there, but not a readable GPT-2 checkpoint
+        where = f"--models-dir {args.models_dir}" if args.models_dir is not None else "the download cache"
+        raise ValueError(f"{where}: {exc}") from None
     n_arrays, n_values = count_arrays(params)
     print(f"GPT-2 {args.model_size}: {settings}")
     print(f"read {n_arrays} arrays holding {n_values:,} values "

@@ -111,7 +111,10 @@ def load_model(args):
             raise ValueError(f"--safetensors {args.safetensors}: {exc}") from None
         return model, f"Hugging Face weights from {args.safetensors.name}"
     if args.weights_dir is not None and (args.weights_dir / "hparams.json").is_file():
-        settings, params = load_gpt2_from_dir(args.weights_dir)
+        try:
+            settings, params = load_gpt2_from_dir(args.weights_dir)
+        except ValueError as exc:
+            raise ValueError(f"--weights-dir {args.weights_dir}: {exc}") from None
         description = f"OpenAI GPT-2 weights from {args.weights_dir.name}"
     else:
         settings, params, standin = load_gpt2_params_or_standin(args.model_size, args.weights_dir)

@@ -220,7 +220,8 @@ def test_resume_into_the_folder_keeps_the_samples_and_overwrite_replaces_them(tr
 # (script, arguments, the argument the error must name). Placeholders: {tmp} the test's folder (cwd),
 # {text} a UTF-8 story, {latin1} a text saved as Latin-1, {nul} UTF-8 with a NUL byte, {binary} a PNG
 # header, {folder} an empty folder, {existing} a file that must stay, {json} JSON that is no tokenizer,
-# {malformed} a tokenizer file with the format tag but a number for its vocabulary.
+# {malformed} a tokenizer file with the format tag but a number for its vocabulary, {gpt2} a models
+# folder whose 124M subfolder holds OpenAI's seven file names with garbage in them.
 NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not torch.backends.mps.is_available()
 BPE = "ch02/bpe_from_scratch.py"
@@ -257,6 +258,8 @@ CASES_MISC = [
     ("ch05/gpt_download.py", ["--models-dir", "/proc/no-such-models"], "--models-dir"),
     ("ch05/gpt_download.py", ["--models-dir", "{existing}"], "--models-dir"),
     ("ch05/gpt_download.py", ["--model-size", "125M", "--models-dir", "{folder}"], "--model-size"),
+    ("ch05/gpt_download.py", ["--models-dir", "{gpt2}"], "--models-dir"),  # garbage in {gpt2}/124M
+    ("ch05/gpt_generate.py", ["--weights-dir", "{gpt2}/124M"], "--weights-dir"),
     # allocations far beyond any machine's memory, and non-finite sizes
     ("ch03/bench_attention.py", ["--batch", "1000000"], "--batch"),
     ("ch04/perf_analysis.py", ["--batch-size", "100000"], "--batch-size"),
@@ -271,7 +274,7 @@ def make_misc_files(tmp_path):
     files = {"tmp": tmp_path, "text": tmp_path / "story.txt", "latin1": tmp_path / "latin1.txt",
              "nul": tmp_path / "nul.txt", "binary": tmp_path / "image.png", "folder": tmp_path / "folder",
              "existing": tmp_path / "existing.txt", "json": tmp_path / "settings.json",
-             "malformed": tmp_path / "malformed.json"}
+             "malformed": tmp_path / "malformed.json", "gpt2": tmp_path / "gpt2"}
     files["text"].write_text(TEXT, encoding="utf-8")
     files["latin1"].write_bytes("Un café au lait, s'il vous plaît.".encode("latin-1"))
     files["nul"].write_bytes(b"some text\x00more text")
@@ -280,6 +283,10 @@ def make_misc_files(tmp_path):
     files["existing"].write_text("keep me", encoding="utf-8")
     files["json"].write_text('{"learning_rate": 0.001}', encoding="utf-8")
     files["malformed"].write_text('{"format": "bpe-from-scratch", "version": 1, "vocab": 5}', encoding="utf-8")
+    (files["gpt2"] / "124M").mkdir(parents=True)
+    for name in ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
+                 "model.ckpt.meta", "vocab.bpe"):
+        (files["gpt2"] / "124M" / name).write_text("garbage", encoding="utf-8")
     return files
 
 
@@ -301,4 +308,6 @@ def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and flag in errors[0], result.stderr
-    assert snapshot(tmp_path) == before  # nothing changed, nothing created (no output folder, no temp file)
+    repaired = ("gpt2/124M/encoder.json", "gpt2/124M/vocab.bpe")  # the download helper fixes files of known checksum
+    after = {k: v for k, v in snapshot(tmp_path).items() if k not in repaired}
+    assert after == {k: v for k, v in before.items() if k not in repaired}  # nothing changed or created
