@@ -40,6 +40,8 @@ file renamed into place).
 import argparse
 import heapq
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import regex
@@ -467,8 +469,6 @@ MAX_VOCAB_SIZE = 1_000_000  # GPT-2 has 50,257 ids, the largest common vocabular
 def output_problem(path, overwrite):
     """None if the tokenizer can be written to `path` (a file in an existing, writable folder that
     does not hold it yet, unless `overwrite`); else why not. Creates nothing that stays."""
-    import os
-    import tempfile
     if path.is_dir():
         return f"output {path} is a folder; give a file name such as {path / 'tokenizer.json'}"
     if path.exists() and not overwrite:
