@@ -285,3 +285,16 @@ def test_train_default_prints_a_sample_per_epoch(capsys):
     pc.train_model_simple(model, loader, loader, optimizer, "cpu", 1, 10, 1, "Hello", tiktoken.get_encoding("gpt2"))
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Ep 1 (step 000000): train loss") and out[-1].startswith("Hello")
+
+
+def test_read_text_names_the_option_and_the_file_for_files_that_are_not_text(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "nul.txt").write_bytes(b"ab\x00cd")
+    (tmp_path / "folder").mkdir()
+    cases = [("latin1.txt", r"--data: .*latin1.txt is not UTF-8 text: byte 0xe9 at offset 3"),
+             ("nul.txt", r"--data: .*nul.txt looks binary, not text: a NUL byte at offset 2"),
+             ("folder", r"--data: .*folder is a folder, not a text file"),
+             ("missing.txt", r"--data: text file not found: .*missing.txt")]
+    for name, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pc.read_text([tmp_path / name], flag="--data")
