@@ -8,14 +8,30 @@ the machine). The ids of the two are checked to be equal before anything is time
     python ch02/bench_bpe.py            # about 4 MB, 3 repeats
     python ch02/bench_bpe.py --mb 1 --repeats 5
     python ch02/bench_bpe.py --file some.txt   # a less repetitive text: fewer cache hits
+
+Before any work, --mb is checked against the machine's memory (about 20 bytes per byte of text,
+see BYTES_PER_TEXT_BYTE) and --file must be a UTF-8 text file.
 """
 import argparse
+import os
 import time
 
 import tiktoken
 
 from bpe_from_scratch import BPETokenizer
-from previous_chapters import download_file
+from previous_chapters import DownloadError, check_range, download_file, read_text, run_script
+
+# measured peak memory: about 0.3 GB for the two tokenizers plus about 11 bytes per byte of text
+# (the text, its pieces and two lists of ids); the check allows 20 per byte to leave a margin
+BASE_BYTES, BYTES_PER_TEXT_BYTE = 0.3e9, 20
+
+
+def machine_memory():
+    """Bytes of physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def best_time(fn, repeats):
@@ -33,16 +49,19 @@ def main(argv=None):
     parser.add_argument("--file", help="a UTF-8 text file to use instead of the-verdict.txt")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per tokenizer (default 3)")
     args = parser.parse_args(argv)
-    if not args.mb > 0:
-        parser.error(f"--mb must be positive, got {args.mb}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    check_range(parser, args, ("mb",), 0, low_open=True)  # also NaN and inf
+    check_range(parser, args, ("repeats",), 1)
+    memory = machine_memory()
+    need = BASE_BYTES + BYTES_PER_TEXT_BYTE * args.mb * 1e6
+    if memory is not None and need > memory:
+        parser.error(f"--mb {args.mb:g} needs about {need / 1e9:.1f} GB of memory (about {BYTES_PER_TEXT_BYTE} "
+                     f"bytes per byte of text), more than this machine's {memory / 1e9:.1f} GB; lower --mb")
 
     if args.file:
         try:
-            base = open(args.file, encoding="utf-8").read()
-        except (OSError, UnicodeDecodeError) as exc:
-            parser.error(f"cannot read --file {args.file}: {exc}")
+            base = read_text([args.file], flag="--file")  # missing, a folder, not UTF-8, binary
+        except ValueError as exc:
+            parser.error(str(exc))
         if not base:
             parser.error(f"--file {args.file} is empty")
         name = args.file
@@ -72,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, expected=(ValueError, DownloadError))  # bad input: `error: ...`, exit code 2

@@ -32,13 +32,21 @@ Run as a script to encode, train or inspect, e.g.:
 
     python ch02/bpe_from_scratch.py encode "Hello, world!"          # GPT-2's vocabulary
     python ch02/bpe_from_scratch.py train input.txt 1000 out.json  # learn a vocabulary
+
+`train` checks the input file, vocab_size and the output path before it trains, refuses to replace
+an existing output file unless --overwrite is given, and writes the file atomically (a temporary
+file renamed into place).
 """
 import argparse
 import heapq
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import regex
+
+from previous_chapters import read_text, save_atomic  # chapter 1's script helpers
 
 # GPT-2's pre-tokenization pattern: contractions, letters, numbers, other symbols (each with
 # an optional leading space), then whitespace (a run of spaces keeps its last space for the
@@ -455,6 +463,48 @@ def _gpt2_tokenizer():
                                         download_file("vocab.bpe", progress=False))
 
 
+MAX_VOCAB_SIZE = 1_000_000  # GPT-2 has 50,257 ids, the largest common vocabularies about 256,000
+
+
+def output_problem(path, overwrite):
+    """None if the tokenizer can be written to `path` (a file in an existing, writable folder that
+    does not hold it yet, unless `overwrite`); else why not. Creates nothing that stays."""
+    if path.is_dir():
+        return f"output {path} is a folder; give a file name such as {path / 'tokenizer.json'}"
+    if path.exists() and not overwrite:
+        return f"output {path} already exists; pass --overwrite to replace it, or choose another name"
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        return f"output {path}: the folder {path.parent} {what}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"output {path}: the folder {path.parent} cannot be written ({exc.strerror or exc})"
+    return None
+
+
+def load_tokenizer_file(path):
+    """BPETokenizer().load(path), with every problem a ValueError naming --tokenizer."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--tokenizer {path}: " + ("a folder, not a tokenizer file" if path.is_dir()
+                                                    else "no such file"))
+    try:
+        return BPETokenizer().load(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--tokenizer {path} is not a saved BPETokenizer (not UTF-8 text: byte "
+                         f"offset {exc.start})") from None
+    except (ValueError, regex.error) as exc:
+        raise ValueError(f"--tokenizer {path}: {exc}") from None
+    except (TypeError, AttributeError, KeyError) as exc:  # JSON with the format tag but wrong types inside
+        raise ValueError(f"--tokenizer {path} is not a saved BPETokenizer (malformed: {type(exc).__name__}: "
+                         f"{exc})") from None
+    except OSError as exc:
+        raise ValueError(f"--tokenizer {path} cannot be read ({exc.strerror or exc})") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -462,24 +512,41 @@ def main(argv=None):
     enc.add_argument("text")
     enc.add_argument("--tokenizer", help="a file written by save (default: GPT-2's vocabulary)")
     tr = sub.add_parser("train", help="learn a vocabulary from a UTF-8 text file and save it")
-    tr.add_argument("input")
-    tr.add_argument("vocab_size", type=int)
-    tr.add_argument("output")
+    tr.add_argument("input", help="a UTF-8 text file")
+    tr.add_argument("vocab_size", type=int,
+                    help=f"ids in all: 256 bytes + merges + 1 special token, so 257 to {MAX_VOCAB_SIZE:,}")
+    tr.add_argument("output", type=Path, help="the JSON file to write (checked before training)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing output file (without it, an existing file is refused)")
     args = parser.parse_args(argv)
     if args.command == "encode":
-        if args.tokenizer and not Path(args.tokenizer).is_file():
-            parser.error(f"--tokenizer {args.tokenizer}: no such file")
-        tok = BPETokenizer().load(args.tokenizer) if args.tokenizer else _gpt2_tokenizer()
+        tok = load_tokenizer_file(args.tokenizer) if args.tokenizer else _gpt2_tokenizer()
         ids = tok.encode(args.text, allowed_special="all")
         print("ids:", ids)
         print("tokens:", [tok.token_str(i) for i in ids])
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            parser.error(f"no such file: {args.input}")
-        tok = BPETokenizer().train(path.read_text(encoding="utf-8"), args.vocab_size)
-        tok.save(args.output)
-        print(f"trained {tok!r}; saved to {args.output}")
+        return 0
+    path = Path(args.input)
+    if not path.is_file():
+        tr.error(f"input {args.input}: " + ("a folder, not a text file" if path.is_dir() else "no such file"))
+    low = 256 + 1  # the byte tokens and <|endoftext|>
+    if not low <= args.vocab_size <= MAX_VOCAB_SIZE:
+        tr.error(f"vocab_size must lie in [{low}, {MAX_VOCAB_SIZE}] (256 byte tokens + merges + "
+                 f"<|endoftext|>), got {args.vocab_size}")
+    problem = output_problem(args.output, args.overwrite)
+    if problem:
+        tr.error(problem)
+    if path.resolve() == args.output.resolve():
+        tr.error(f"output {args.output} is the input file; choose another name")
+    text = read_text([path], flag="input")  # a ValueError naming the file if it is not UTF-8 text
+    if not text.strip():
+        tr.error(f"input {args.input} holds no text to learn from")
+    tok = BPETokenizer().train(text, args.vocab_size)
+    save_atomic(args.output, tok.save)  # an interruption leaves no half-written file
+    print(f"trained {tok!r}; saved to {args.output}")
+    if tok.n_vocab < args.vocab_size:
+        print(f"note: the text ran out of pairs to merge at {tok.n_vocab} ids (vocab_size asked for "
+              f"{args.vocab_size}); a longer text gives more")
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ the chapter's version (below 1 = faster), and the fastest implementation is name
     python ch03/bench_attention.py --tokens 256 --repeats 3 # quicker
 """
 import argparse
+import os
 import statistics
-import sys
 import time
 
 import torch
 
 from efficient_attention import IMPLEMENTATIONS, from_chapter
-from previous_chapters import MultiHeadAttention
+from previous_chapters import MultiHeadAttention, pick_device, run_script
 
 
 def parse_args(argv=None):
@@ -32,18 +32,50 @@ def parse_args(argv=None):
                         help="torch.set_num_threads, at least 1 (default: PyTorch's)")
     parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS),
                         help="implementations to time (the chapter's is always included as the reference)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (chapter 1's pick_device)")
     args = parser.parse_args(argv)
     for name in ("batch", "tokens", "emb_dim", "heads", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1 (leave it out for PyTorch's default), got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= (os.cpu_count() or 1):
+        parser.error(f"--threads must lie in [1, {os.cpu_count() or 1}] (this machine's CPUs; leave it out for "
+                     f"PyTorch's default), got {args.threads}")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, got {args.warmup}")
     if args.emb_dim % args.heads:
         parser.error(f"--emb-dim ({args.emb_dim}) must be divisible by --heads ({args.heads})")
+    try:
+        args.device = pick_device(args.device)  # a device that is not there: an error now, not a traceback later
+    except ValueError as exc:
+        parser.error(f"--device {args.device}: {exc}")
+    memory = device_memory(args.device)
+    need = memory_needed(args.batch, args.tokens, args.emb_dim, args.heads, 1 + len(set(args.only) - {"chapter"}))
+    if memory is not None and need > memory:
+        gb = 1024 ** 3
+        parser.error(f"--batch {args.batch} x --tokens {args.tokens} x --emb-dim {args.emb_dim} with --heads "
+                     f"{args.heads} needs about {need / gb:.1f} GiB, more than the {memory / gb:.1f} GiB of "
+                     f"memory of {args.device}; lower --batch, --tokens or --emb-dim")
     return args
+
+
+def device_memory(device):
+    """Bytes of memory of `device`: the GPU's for CUDA, else the machine's (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_needed(batch, tokens, emb_dim, heads, n_modules):
+    """A rough estimate of the float32 bytes a run holds at once: each of the n_modules keeps four
+    (emb_dim, emb_dim) weights with their gradients and a (tokens, tokens) mask; one forward+backward
+    of the chapter's attention about four (batch, heads, tokens, tokens) score tensors (scores,
+    masked, softmax, and a gradient) and about a dozen (batch, tokens, emb_dim) ones (input,
+    queries, keys, values, context, output and their gradients)."""
+    modules = n_modules * (2 * 4 * emb_dim ** 2 + tokens ** 2)
+    return 4 * (modules + 4 * batch * heads * tokens ** 2 + 12 * batch * tokens * emb_dim)
 
 
 def _sync(device):
@@ -101,7 +133,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device  # checked by parse_args
     torch.manual_seed(123)
     chapter = MultiHeadAttention(args.emb_dim, args.emb_dim, args.tokens, 0.0, args.heads).to(device)
     x = torch.randn(args.batch, args.tokens, args.emb_dim, device=device)
@@ -123,5 +155,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    run_script(main)  # bad input: `error: ...`, exit code 2

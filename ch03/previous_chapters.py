@@ -290,13 +290,25 @@ def check_range(parser, args, names, low=None, high=None, *, low_open=False, hig
             parser.error(message)
 
 
-def read_text(paths):
-    """The text files at `paths` joined with <|endoftext|>."""
+def read_text(paths, flag="--text-files"):
+    """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
+    the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""
     texts = []
     for path in paths:
         if not Path(path).is_file():
-            raise ValueError(f"text file not found: {path}")
-        texts.append(Path(path).read_text(encoding="utf-8"))
+            what = f"{path} is a folder, not a text file" if Path(path).is_dir() else f"text file not found: {path}"
+            raise ValueError(f"{flag}: {what}")
+        try:
+            data = Path(path).read_bytes()
+            text = data.decode("utf-8")
+        except OSError as exc:
+            raise ValueError(f"{flag}: {path} cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{flag}: {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                             f"{exc.start} cannot be decoded (save it as UTF-8)") from None
+        if b"\0" in data:  # valid UTF-8, but no text file holds NUL bytes
+            raise ValueError(f"{flag}: {path} looks binary, not text: a NUL byte at offset {data.index(0)}")
+        texts.append(text)
     return " <|endoftext|> ".join(texts)
 
 

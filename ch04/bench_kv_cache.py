@@ -17,12 +17,11 @@ operations of cached generation most; try --threads 1 there.
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-from previous_chapters import GPT_CONFIG_124M, check_range
+from previous_chapters import GPT_CONFIG_124M, check_range, run_script
 from previous_chapters import GPTModel as ChapterGPTModel
 from previous_chapters import generate_text_simple as chapter_generate
 from gpt_with_kv_cache import GPTModel as CachedGPTModel
@@ -31,13 +30,26 @@ from gpt_with_kv_cache import generate_text_simple as cached_generate
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--prompt", default="Hello, I am")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="tokens to generate; with the prompt's tokens at most the model's context "
+                             f"length, {GPT_CONFIG_124M['context_length']}")
+    parser.add_argument("--prompt", default="Hello, I am", help="the prompt (<|endoftext|> is allowed)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each generator")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads, 1 to the number of CPUs (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args(argv)
-    check_range(parser, args, ("max_new_tokens", "repeats", "threads"), 1)
+    check_range(parser, args, ("max_new_tokens", "repeats"), 1)
+    check_range(parser, args, ("seed",), -2 ** 63, 2 ** 64 - 1)  # what torch.manual_seed accepts
+    check_range(parser, args, ("threads",), 1, os.cpu_count() or 1)  # far more threads than CPUs can crash
+    import tiktoken
+    n_prompt = len(tiktoken.get_encoding("gpt2").encode(args.prompt, allowed_special={"<|endoftext|>"}))
+    ctx = GPT_CONFIG_124M["context_length"]
+    if n_prompt == 0:
+        parser.error(f"--prompt must contain some text, got {args.prompt!r}")
+    if n_prompt + args.max_new_tokens > ctx:  # the model has no position beyond its context
+        parser.error(f"--prompt ({n_prompt} tokens) + --max-new-tokens ({args.max_new_tokens}) must be at most "
+                     f"the model's context length {ctx}; lower --max-new-tokens to {max(ctx - n_prompt, 0)} "
+                     f"or shorten --prompt")
     return args
 
 
@@ -48,18 +60,13 @@ def timed(fn):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # checks that the prompt and the new tokens fit the context
     import tiktoken
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = tiktoken.get_encoding("gpt2")
-    idx = torch.tensor([tokenizer.encode(args.prompt)])
+    idx = torch.tensor([tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"})])
     ctx = GPT_CONFIG_124M["context_length"]
-    if idx.shape[1] == 0:
-        raise SystemExit("error: --prompt must not be empty")
-    if idx.shape[1] + args.max_new_tokens > ctx:
-        print(f"note: prompt ({idx.shape[1]}) + new tokens ({args.max_new_tokens}) exceed context_length "
-              f"{ctx}; beyond it the cached generator rebuilds its cache each step (no speed-up there)")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -108,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # bad input: `error: ...`, exit code 2

@@ -21,6 +21,9 @@ Timings depend on the machine and on its load (the script prints the load averag
 programs keep some cores busy, PyTorch's threads wait for each other at every operation, and
 small element-wise operations slow down several-fold; fewer threads (--threads) can then be
 faster. Compare the fraction of the matmul rate, which the script measures under the same load.
+
+Before any work the script estimates the memory a run needs (see memory_needed) and refuses
+settings that exceed the machine's physical memory, naming the option to lower.
 """
 import argparse
 import os
@@ -71,6 +74,26 @@ def train_step(model, optimizer, inputs, targets):
     return loss.item(), (t1 - t0, t2 - t1, t3 - t2)
 
 
+def machine_memory():
+    """Bytes of physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_needed(cfg, n_variants, batch_size, seq_len, matmul_size):
+    """A rough estimate of the bytes a run holds at once: the three n x n float32 matrices; per
+    variant the float32 weights, gradients and AdamW's two moments; one step's activations (about
+    (68 + 10 x heads x seq_len / emb_dim) bytes per token, layer and emb_dim in float32, after
+    Korthikanti et al. 2022) and the logits with their softmax and gradient."""
+    h, n_layers, vocab = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
+    n_params = 2 * vocab * h + cfg["context_length"] * h + n_layers * (12 * h * h + 10 * h) + 2 * h
+    tokens = batch_size * seq_len
+    activations = n_layers * tokens * h * (68 + 10 * cfg["n_heads"] * seq_len / h) + 3 * tokens * vocab * 4
+    return 3 * matmul_size ** 2 * 4 + n_variants * 16 * n_params + activations
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=2)
@@ -82,13 +105,27 @@ def parse_args(argv=None):
                         help="dropout rate (the 124M config's 0.1 by default; on CPU, SDPA uses its fused "
                              "kernel only without attention dropout)")
     parser.add_argument("--no-fused-adamw", action="store_true", help="use AdamW's default (unfused) update")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads, 1 to the number of CPUs (default: torch's choice)")
     args = parser.parse_args(argv)
     ctx = GPT_CONFIG_124M["context_length"]
-    check_range(parser, args, ("batch_size", "steps", "threads"), 1)
+    check_range(parser, args, ("batch_size", "steps"), 1)
+    check_range(parser, args, ("threads",), 1, os.cpu_count() or 1)  # far more threads than CPUs can crash
     check_range(parser, args, ("seq_len",), 1, ctx)  # at most the context length
     check_range(parser, args, ("matmul_size",), 64)
     check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
+    memory = machine_memory()
+    if memory is not None:  # refuse what cannot fit instead of swapping or being killed mid-run
+        gb = 1024 ** 3
+        matmul = 3 * args.matmul_size ** 2 * 4
+        if matmul > memory:
+            parser.error(f"--matmul-size {args.matmul_size} needs {matmul / gb:.1f} GiB for its three matrices, "
+                         f"more than this machine's {memory / gb:.1f} GiB of memory")
+        need = memory_needed(GPT_CONFIG_124M, len(set(args.variants)), args.batch_size, args.seq_len,
+                             args.matmul_size)
+        if need > memory:
+            parser.error(f"--batch-size {args.batch_size} x --seq-len {args.seq_len} needs about {need / gb:.1f} GiB "
+                         f"(weights, gradients, AdamW state and activations), more than this machine's "
+                         f"{memory / gb:.1f} GiB of memory; lower --batch-size")
     return args
 
 

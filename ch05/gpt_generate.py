@@ -42,12 +42,12 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (checked: it must be present)")
     args = p.parse_args(argv)
     try:
         check_model_size(args.model_size)
     except ValueError as exc:
-        p.error(str(exc))
+        p.error(f"--model-size: {exc}")
     if args.max_new_tokens < 0:
         p.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.max_new_tokens > MAX_NEW_TOKENS:
@@ -56,6 +56,9 @@ def parse_args(argv=None):
         p.error(range_error("--temperature", args.temperature))
     if args.temperature < 0:
         p.error(f"--temperature must be >= 0 (0 means greedy), got {args.temperature}")
+    seed_error = range_error("--seed", args.seed, -2 ** 63, 2 ** 64 - 1)  # what torch.manual_seed accepts
+    if seed_error:
+        p.error(seed_error)
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
     if not args.prompt:
@@ -66,6 +69,10 @@ def parse_args(argv=None):
                 "to use the download cache")
     if args.safetensors is not None and not args.safetensors.is_file():
         p.error(f"--safetensors file not found: {args.safetensors}")
+    try:
+        args.device = pick_device(args.device)  # before any weights are read
+    except ValueError as exc:
+        p.error(f"--device {args.device}: {exc}")
     return args
 
 
@@ -73,9 +80,19 @@ def safetensors_config(path, model_size):
     """GPTModel config for a Hugging Face file: its config.json if present, else the named size."""
     hf_config = Path(path).with_name("config.json")
     if hf_config.is_file():
-        c = json.loads(hf_config.read_text(encoding="utf-8"))
-        settings = {"n_vocab": c["vocab_size"], "n_ctx": c.get("n_positions", c.get("n_ctx")),
-                    "n_embd": c["n_embd"], "n_head": c["n_head"], "n_layer": c["n_layer"]}
+        try:
+            c = json.loads(hf_config.read_text(encoding="utf-8"))
+            settings = {"n_vocab": c["vocab_size"], "n_ctx": c.get("n_positions", c.get("n_ctx")),
+                        "n_embd": c["n_embd"], "n_head": c["n_head"], "n_layer": c["n_layer"]}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:  # JSON, UTF-8, keys
+            what = f"no {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise ValueError(f"--safetensors {path}: the config.json beside it is not a Hugging Face GPT-2 "
+                             f"configuration ({what})") from None
+        bad = {k: v for k, v in settings.items() if not (type(v) is int and v > 0)}
+        if bad or settings["n_embd"] % settings["n_head"]:
+            what = f"not positive integers: {bad}" if bad else "n_embd is not a multiple of n_head"
+            raise ValueError(f"--safetensors {path}: the config.json beside it is not a Hugging Face GPT-2 "
+                             f"configuration ({what})")
     else:
         s = GPT2_SIZES[model_size]
         settings = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": s["emb_dim"], "n_head": s["n_heads"],
@@ -88,10 +105,16 @@ def load_model(args):
     if args.safetensors is not None:
         config = safetensors_config(args.safetensors, args.model_size)
         model = GPTModel(config)
-        load_hf_safetensors_into_gpt(model, args.safetensors)
+        try:
+            load_hf_safetensors_into_gpt(model, args.safetensors)
+        except ValueError as exc:
+            raise ValueError(f"--safetensors {args.safetensors}: {exc}") from None
         return model, f"Hugging Face weights from {args.safetensors.name}"
     if args.weights_dir is not None and (args.weights_dir / "hparams.json").is_file():
-        settings, params = load_gpt2_from_dir(args.weights_dir)
+        try:
+            settings, params = load_gpt2_from_dir(args.weights_dir)
+        except ValueError as exc:
+            raise ValueError(f"--weights-dir {args.weights_dir}: {exc}") from None
         description = f"OpenAI GPT-2 weights from {args.weights_dir.name}"
     else:
         settings, params, standin = load_gpt2_params_or_standin(args.model_size, args.weights_dir)
@@ -103,7 +126,7 @@ def load_model(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = pick_device() if args.device == "auto" else torch.device(args.device)
+    device = args.device  # checked by parse_args
     model, description = load_model(args)
     model.to(device).eval()
     print(f"[{description}; {sum(p.numel() for p in model.parameters()):,} parameters]", file=sys.stderr)

@@ -255,7 +255,8 @@ def test_script_rejects_a_warmup_longer_than_the_run_before_training(text_file, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--grad-clip", "0"], "error: --grad-clip must be positive"),          # an argument check
-    (["--text-files", "/nonexistent/story.txt"], "error: text file not found: /nonexistent/story.txt"),  # in main
+    (["--text-files", "/nonexistent/story.txt"],
+     "error: --text-files: text file not found: /nonexistent/story.txt"),  # in main
 ])
 def test_script_bad_input_is_one_line_and_exit_2(tmp_path, extra, message):
     args = [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path / "o")] + SCRIPT_TINY + extra

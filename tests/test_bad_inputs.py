@@ -449,3 +449,100 @@ def test_a_file_that_is_not_the_checkpoint_a_script_needs_is_a_clear_error(scrip
     assert len(errors) == 1 and f"{flag} " in errors[0] and phrase in errors[0], result.stderr
     assert (path.read_bytes() if path.is_file() else None) == before
     assert not (tmp_path / "run").exists()  # gpt_train.py: stopped before any work
+
+
+# ---- issue 19, items 10, 11, 12b, 13: text files, the BPE script, the benches, devices, downloads, memory
+# (script, arguments, the argument the error must name). Placeholders: {tmp} the test's folder (cwd),
+# {text} a UTF-8 story, {latin1} a text saved as Latin-1, {nul} UTF-8 with a NUL byte, {binary} a PNG
+# header, {folder} an empty folder, {existing} a file that must stay, {json} JSON that is no tokenizer,
+# {malformed} a tokenizer file with the format tag but a number for its vocabulary, {gpt2} a models
+# folder whose 124M subfolder holds OpenAI's seven file names with garbage in them.
+NO_CUDA = not torch.cuda.is_available()
+NO_MPS = not torch.backends.mps.is_available()
+BPE = "ch02/bpe_from_scratch.py"
+CASES_MISC = [
+    # read_text: a text file that is not UTF-8 text, binary, or a folder (gpt_train.py, gpt_train_schedule.py)
+    ("ch05/gpt_train.py", TRAIN_BASE + ["--text-files", "{latin1}"], "--text-files"),
+    ("ch05/gpt_train.py", TRAIN_BASE + ["--text-files", "{text}", "{nul}"], "--text-files"),
+    ("ch05/gpt_train.py", TRAIN_BASE + ["--text-files", "{folder}"], "--text-files"),
+    ("appendix-D/gpt_train_schedule.py", ["--text-files", "{binary}", "--output-dir", "{folder}", "--model-size",
+                                          "tiny", "--device", "cpu"], "--text-files"),
+    # bpe_from_scratch.py train: input, vocab_size and output checked before training
+    (BPE, ["train", "{folder}", "300", "{tmp}/tok.json"], "input"),
+    (BPE, ["train", "{latin1}", "300", "{tmp}/tok.json"], "input"),
+    (BPE, ["train", "{text}", "0", "{tmp}/tok.json"], "vocab_size"),
+    (BPE, ["train", "{text}", "100000000000", "{tmp}/tok.json"], "vocab_size"),
+    (BPE, ["train", "{text}", "300", "{existing}"], "output"),  # an existing file needs --overwrite
+    (BPE, ["train", "{text}", "300", "{folder}"], "output"),
+    (BPE, ["train", "{text}", "300", "/proc/no-such-tokenizer.json"], "output"),
+    # bpe_from_scratch.py encode --tokenizer: missing, not a tokenizer, binary, malformed
+    (BPE, ["encode", "hi", "--tokenizer", "{tmp}/missing.json"], "--tokenizer"),
+    (BPE, ["encode", "hi", "--tokenizer", "{json}"], "--tokenizer"),
+    (BPE, ["encode", "hi", "--tokenizer", "{binary}"], "--tokenizer"),
+    (BPE, ["encode", "hi", "--tokenizer", "{malformed}"], "--tokenizer"),
+    # bench_kv_cache.py: prompt + new tokens beyond the context (crashed after its results), empty prompt
+    ("ch04/bench_kv_cache.py", ["--max-new-tokens", "1100"], "--max-new-tokens"),
+    ("ch04/bench_kv_cache.py", ["--threads", "100000"], "--threads"),  # segfaulted
+    # devices that are not there
+    ("ch03/bench_attention.py", ["--device", "tpu"], "--device"),
+    ("ch05/gpt_generate.py", ["--device", "cuda:7"], "--device"),
+    *([("ch03/bench_attention.py", ["--device", "cuda"], "--device"),
+       ("ch05/gpt_generate.py", ["--device", "cuda"], "--device")] if NO_CUDA else []),
+    *([("ch05/gpt_generate.py", ["--device", "mps"], "--device")] if NO_MPS else []),
+    # gpt_download.py: a models folder that cannot be written, an unknown size
+    ("ch05/gpt_download.py", ["--models-dir", "/proc/no-such-models"], "--models-dir"),
+    ("ch05/gpt_download.py", ["--models-dir", "{existing}"], "--models-dir"),
+    ("ch05/gpt_download.py", ["--model-size", "125M", "--models-dir", "{folder}"], "--model-size"),
+    ("ch05/gpt_download.py", ["--models-dir", "{gpt2}"], "--models-dir"),  # garbage in {gpt2}/124M
+    ("ch05/gpt_generate.py", ["--weights-dir", "{gpt2}/124M"], "--weights-dir"),
+    # allocations far beyond any machine's memory, and non-finite sizes
+    ("ch03/bench_attention.py", ["--batch", "1000000"], "--batch"),
+    ("ch04/perf_analysis.py", ["--batch-size", "100000"], "--batch-size"),
+    ("ch04/perf_analysis.py", ["--matmul-size", "1000000"], "--matmul-size"),
+    ("ch02/bench_bpe.py", ["--mb", "inf"], "--mb"),  # was an OverflowError
+    ("ch02/bench_bpe.py", ["--mb", "1e6"], "--mb"),
+]
+
+
+def make_misc_files(tmp_path):
+    """The files the placeholders of CASES_MISC name: {name: path}."""
+    files = {"tmp": tmp_path, "text": tmp_path / "story.txt", "latin1": tmp_path / "latin1.txt",
+             "nul": tmp_path / "nul.txt", "binary": tmp_path / "image.png", "folder": tmp_path / "folder",
+             "existing": tmp_path / "existing.txt", "json": tmp_path / "settings.json",
+             "malformed": tmp_path / "malformed.json", "gpt2": tmp_path / "gpt2"}
+    files["text"].write_text(TEXT, encoding="utf-8")
+    files["latin1"].write_bytes("Un café au lait, s'il vous plaît.".encode("latin-1"))
+    files["nul"].write_bytes(b"some text\x00more text")
+    files["binary"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    files["folder"].mkdir()
+    files["existing"].write_text("keep me", encoding="utf-8")
+    files["json"].write_text('{"learning_rate": 0.001}', encoding="utf-8")
+    files["malformed"].write_text('{"format": "bpe-from-scratch", "version": 1, "vocab": 5}', encoding="utf-8")
+    (files["gpt2"] / "124M").mkdir(parents=True)
+    for name in ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
+                 "model.ckpt.meta", "vocab.bpe"):
+        (files["gpt2"] / "124M" / name).write_text("garbage", encoding="utf-8")
+    return files
+
+
+def snapshot(folder):
+    """{relative path: bytes, or None for a folder} of everything under `folder`."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("script,args,flag", CASES_MISC,
+                         ids=[f"{s.split('/')[-1]} {' '.join(a[-3:] if s.endswith('gpt_train.py') else a)}"
+                              for s, a, _ in CASES_MISC])
+def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
+    files = make_misc_files(tmp_path)
+    before = snapshot(tmp_path)
+    args = [a.format(**files) for a in args]
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and flag in errors[0], result.stderr
+    repaired = ("gpt2/124M/encoder.json", "gpt2/124M/vocab.bpe")  # the download helper fixes files of known checksum
+    after = {k: v for k, v in snapshot(tmp_path).items() if k not in repaired}
+    assert after == {k: v for k, v in before.items() if k not in repaired}  # nothing changed or created

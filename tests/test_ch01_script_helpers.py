@@ -476,3 +476,16 @@ def test_load_weights_names_what_differs_before_loading():
     seen = []
     pc.load_weights(model, source.state_dict(), "--x", "p", load=seen.append)  # a model's own way to load
     assert len(seen) == 1 and seen[0] is not None
+
+
+def test_read_text_names_the_option_and_the_file_for_files_that_are_not_text(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "nul.txt").write_bytes(b"ab\x00cd")
+    (tmp_path / "folder").mkdir()
+    cases = [("latin1.txt", r"--data: .*latin1.txt is not UTF-8 text: byte 0xe9 at offset 3"),
+             ("nul.txt", r"--data: .*nul.txt looks binary, not text: a NUL byte at offset 2"),
+             ("folder", r"--data: .*folder is a folder, not a text file"),
+             ("missing.txt", r"--data: text file not found: .*missing.txt")]
+    for name, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pc.read_text([tmp_path / name], flag="--data")

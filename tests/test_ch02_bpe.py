@@ -366,3 +366,17 @@ def test_bench_script_runs_on_a_small_text(capsys):
     assert "bpe_from_scratch:" in out and "tiktoken gpt2:" in out and "faster than" in out
     with pytest.raises(SystemExit):
         bench.main(["--mb", "-1"])
+
+
+def test_cli_train_refuses_an_existing_output_unless_overwrite(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text(TRAIN_TEXT, encoding="utf-8")
+    out = tmp_path / "out.json"
+    out.write_text("an earlier tokenizer", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        bpe.main(["train", str(src), "300", str(out)])
+    assert exc.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8") == "an earlier tokenizer"
+    bpe.main(["train", str(src), "300", str(out), "--overwrite"])
+    assert bpe.BPETokenizer().load(out).n_vocab == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.json"]  # no temporary file left
