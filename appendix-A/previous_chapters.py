@@ -288,6 +288,26 @@ def check_range(parser, args, names, low=None, high=None, *, low_open=False, hig
             parser.error(message)
 
 
+def device_memory(device="cpu"):
+    """Bytes of memory of `device`: the GPU's total for CUDA, else the machine's (None where unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_error(what, need, device="cpu"):
+    """None if `need` bytes fit in `device`'s memory (or it is unknown), else a message naming `what`."""
+    have = device_memory(device)
+    if have is None or need <= have:
+        return None
+    where = "this GPU's" if torch.device(device).type == "cuda" else "this machine's"
+    return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
+
+
 def read_text(paths, flag="--text-files"):
     """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
     the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""

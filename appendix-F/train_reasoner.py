@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-heads", type=int, default=4, help="attention heads (new models only)")
     parser.add_argument("--n-train", type=int, default=20_000, help="training problems")
     parser.add_argument("--n-test", type=int, default=1000, help="held-out problems")
-    parser.add_argument("--group-size", type=int, default=8, help="GRPO samples per problem")
+    parser.add_argument("--group-size", type=int, default=8, help="GRPO samples per problem (at least 2: each is scored against its group)")
     parser.add_argument("--problems-per-step", type=int, default=16, help="GRPO problems per step")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="GRPO KL penalty to the starting model")
     parser.add_argument("--format-weight", type=float, default=0.1, help="GRPO reward for a well-formed scratchpad")
@@ -58,7 +58,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
 
     check_range(parser, args, ("steps", "batch_size", "emb_dim", "n_layers", "n_heads", "n_train", "n_test",
-                               "group_size", "problems_per_step", "n_traces", "eval_every"), 1)
+                               "problems_per_step", "n_traces", "eval_every"), 1)
+    check_range(parser, args, ("group_size",), 2)  # advantages compare samples within a group
     if args.digits is not None and not 1 <= args.digits <= 9:
         parser.error(f"--digits must be between 1 and 9, got {args.digits}")
     if args.emb_dim % args.n_heads:

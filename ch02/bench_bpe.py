@@ -13,25 +13,16 @@ Before any work, --mb is checked against the machine's memory (about 20 bytes pe
 see BYTES_PER_TEXT_BYTE) and --file must be a UTF-8 text file.
 """
 import argparse
-import os
 import time
 
 import tiktoken
 
 from bpe_from_scratch import BPETokenizer
-from previous_chapters import DownloadError, check_range, download_file, read_text, run_script
+from previous_chapters import DownloadError, check_range, download_file, memory_error, read_text, run_script
 
 # measured peak memory: about 0.3 GB for the two tokenizers plus about 11 bytes per byte of text
 # (the text, its pieces and two lists of ids); the check allows 20 per byte to leave a margin
 BASE_BYTES, BYTES_PER_TEXT_BYTE = 0.3e9, 20
-
-
-def machine_memory():
-    """Bytes of physical memory (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def best_time(fn, repeats):
@@ -51,11 +42,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_range(parser, args, ("mb",), 0, low_open=True)  # also NaN and inf
     check_range(parser, args, ("repeats",), 1)
-    memory = machine_memory()
-    need = BASE_BYTES + BYTES_PER_TEXT_BYTE * args.mb * 1e6
-    if memory is not None and need > memory:
-        parser.error(f"--mb {args.mb:g} needs about {need / 1e9:.1f} GB of memory (about {BYTES_PER_TEXT_BYTE} "
-                     f"bytes per byte of text), more than this machine's {memory / 1e9:.1f} GB; lower --mb")
+    problem = memory_error(f"--mb {args.mb:g}", BASE_BYTES + BYTES_PER_TEXT_BYTE * args.mb * 1e6)
+    if problem:
+        parser.error(f"{problem} (about {BYTES_PER_TEXT_BYTE} bytes per byte of text); lower --mb")
 
     if args.file:
         try:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from efficient_attention import IMPLEMENTATIONS, from_chapter
-from previous_chapters import MultiHeadAttention, pick_device, run_script
+from previous_chapters import MultiHeadAttention, memory_error, pick_device, run_script
 
 
 def parse_args(argv=None):
@@ -48,24 +48,12 @@ def parse_args(argv=None):
         args.device = pick_device(args.device)  # a device that is not there: an error now, not a traceback later
     except ValueError as exc:
         parser.error(f"--device {args.device}: {exc}")
-    memory = device_memory(args.device)
     need = memory_needed(args.batch, args.tokens, args.emb_dim, args.heads, 1 + len(set(args.only) - {"chapter"}))
-    if memory is not None and need > memory:
-        gb = 1024 ** 3
-        parser.error(f"--batch {args.batch} x --tokens {args.tokens} x --emb-dim {args.emb_dim} with --heads "
-                     f"{args.heads} needs about {need / gb:.1f} GiB, more than the {memory / gb:.1f} GiB of "
-                     f"memory of {args.device}; lower --batch, --tokens or --emb-dim")
+    problem = memory_error(f"--batch {args.batch} x --tokens {args.tokens} x --emb-dim {args.emb_dim} with --heads "
+                           f"{args.heads}", need, args.device)
+    if problem:
+        parser.error(f"{problem}; lower --batch, --tokens or --emb-dim")
     return args
-
-
-def device_memory(device):
-    """Bytes of memory of `device`: the GPU's for CUDA, else the machine's (None where unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def memory_needed(batch, tokens, emb_dim, heads, n_modules):

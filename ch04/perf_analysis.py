@@ -34,7 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from previous_chapters import GPT_CONFIG_124M, GPTModel, check_range
+from previous_chapters import GPT_CONFIG_124M, GPTModel, check_range, memory_error
 
 VARIANTS = {"chapter": False, "sdpa": True}  # name -> cfg["use_sdpa"]
 
@@ -74,14 +74,6 @@ def train_step(model, optimizer, inputs, targets):
     return loss.item(), (t1 - t0, t2 - t1, t3 - t2)
 
 
-def machine_memory():
-    """Bytes of physical memory (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def memory_needed(cfg, n_variants, batch_size, seq_len, matmul_size):
     """A rough estimate of the bytes a run holds at once: the three n x n float32 matrices; per
     variant the float32 weights, gradients and AdamW's two moments; one step's activations (about
@@ -113,19 +105,15 @@ def parse_args(argv=None):
     check_range(parser, args, ("seq_len",), 1, ctx)  # at most the context length
     check_range(parser, args, ("matmul_size",), 64)
     check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
-    memory = machine_memory()
-    if memory is not None:  # refuse what cannot fit instead of swapping or being killed mid-run
-        gb = 1024 ** 3
-        matmul = 3 * args.matmul_size ** 2 * 4
-        if matmul > memory:
-            parser.error(f"--matmul-size {args.matmul_size} needs {matmul / gb:.1f} GiB for its three matrices, "
-                         f"more than this machine's {memory / gb:.1f} GiB of memory")
-        need = memory_needed(GPT_CONFIG_124M, len(set(args.variants)), args.batch_size, args.seq_len,
-                             args.matmul_size)
-        if need > memory:
-            parser.error(f"--batch-size {args.batch_size} x --seq-len {args.seq_len} needs about {need / gb:.1f} GiB "
-                         f"(weights, gradients, AdamW state and activations), more than this machine's "
-                         f"{memory / gb:.1f} GiB of memory; lower --batch-size")
+    # refuse what cannot fit instead of swapping or being killed mid-run
+    problem = memory_error(f"--matmul-size {args.matmul_size} (three matrices)", 3 * args.matmul_size ** 2 * 4)
+    if problem:
+        parser.error(problem)
+    need = memory_needed(GPT_CONFIG_124M, len(set(args.variants)), args.batch_size, args.seq_len, args.matmul_size)
+    problem = memory_error(f"--batch-size {args.batch_size} x --seq-len {args.seq_len} (weights, gradients, AdamW "
+                           "state and activations)", need)
+    if problem:
+        parser.error(f"{problem}; lower --batch-size")
     return args
 
 

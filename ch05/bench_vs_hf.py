@@ -26,7 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from previous_chapters import GPT2_SIZES, GPTModel, fast_adamw, fast_from_chapter, generate, generate_fast, pick_device
+from previous_chapters import (GPT2_SIZES, GPTModel, fast_adamw, fast_from_chapter, generate, generate_fast, memory_error,
+                               pick_device)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 CONTEXT_LENGTH = 1024  # GPT-2's
@@ -73,7 +74,25 @@ def parse_args(argv):
         p.error("--device cuda: no CUDA GPU is available to PyTorch here")
     if args.dtype == "bf16" and args.device == "cuda" and not torch.cuda.is_bf16_supported():
         p.error("--dtype bf16: this CUDA GPU does not support bf16")
+    cfg = {"vocab_size": 50257, "context_length": CONTEXT_LENGTH, **MODEL_SIZES[args.model_size]}
+    device = pick_device() if args.device == "auto" else torch.device(args.device)
+    problem = memory_error(f"--model-size {args.model_size} with --batch-size {args.batch_size} x --seq-len "
+                           f"{args.seq_len}", memory_needed(cfg, args.batch_size, args.seq_len), device)
+    if problem:
+        p.error(f"{problem}; lower --batch-size, --seq-len or --model-size")
     return args
+
+
+def memory_needed(cfg, batch, seq_len):
+    """A rough upper estimate of the bytes held at once: four models' float32 weights (chapter, fast
+    untied and tied, Hugging Face's), one model's gradients and AdamW state, and one training step's
+    activations (about 34 * emb_dim + 5 * n_heads * seq_len values per token and layer, plus the
+    logits, their softmax and gradient)."""
+    emb, layers = cfg["emb_dim"], cfg["n_layers"]
+    params = 2 * cfg["vocab_size"] * emb + cfg["context_length"] * emb + 12 * layers * emb ** 2
+    tokens = batch * seq_len
+    activations = tokens * layers * (34 * emb + 5 * cfg["n_heads"] * seq_len) + 3 * tokens * cfg["vocab_size"]
+    return 4 * (7 * params + activations)
 
 
 def load_transformers():

@@ -39,6 +39,9 @@ CASES = [
     ("appendix-A/DDP-script.py", ["--lr", "1e300", "--device", "cpu"], "--lr"),  # beyond float32
     ("ch03/bench_attention.py", ["--threads", "0"], "--threads"),
     ("ch03/bench_attention.py", ["--threads", "-2"], "--threads"),
+    ("ch05/bench_vs_hf.py", ["--batch-size", "100000"], "--batch-size 100000"),  # was an allocator traceback
+    ("ch05/bench_vs_hf.py", ["--drop-rate", "nan"], "--drop-rate"),
+    ("appendix-F/train_reasoner.py", ["--group-size", "1"], "--group-size"),  # one sample has no group to beat
 ]
 TRAIN_BASE = ["--text-files", "{text}", "--output-dir", "{tmp}/run"] + TINY + ["--epochs", "1"]  # bad ones win
 
