@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
 import sys
+import argparse
+import multiprocessing
+import signal
+import socket
+from multiprocessing.connection import wait
 import math
 import tiktoken
 from torch.utils.data import DataLoader, Dataset
@@ -235,6 +240,110 @@ def exit_without_teardown(code=0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+MAX_NPROC = 64  # a typo such as --nproc-per-node 200 would start 200 processes
+
+
+class ScriptArgumentParser(argparse.ArgumentParser):
+    """argparse's parser; in a process whose RANK is not 0, a bad argument exits with code 2 quietly
+    (rank 0 sees the same command line and reports it)."""
+
+    def error(self, message):
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(2)
+        super().error(message)
+
+
+def nproc_count(text):
+    """argparse type of --nproc-per-node: an int from 1 to MAX_NPROC."""
+    value = int(text)
+    if not 1 <= value <= MAX_NPROC:
+        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_NPROC}], got {value}")
+    return value
+
+
+def add_nproc_argument(parser, default=1):
+    """Add --nproc-per-node: how many processes launch() starts on this machine."""
+    parser.add_argument("--nproc-per-node", type=nproc_count, default=default, metavar="N",
+                        help="processes to start on this machine, each training on its share of the "
+                             "data with DistributedDataParallel (one per GPU with CUDA); ignored "
+                             "under torchrun, which starts the processes itself")
+
+
+def free_port():
+    """A TCP port on this machine that is free now (where the processes will meet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_worker(main, argv, rank, nproc, port, expected, errors):
+    """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    try:
+        code = main(argv)
+        code = code if isinstance(code, int) else 0
+    except expected as exc:
+        errors.put((rank, str(exc)))  # the parent prints one of them
+        code = 2
+    except KeyboardInterrupt:  # Ctrl+C reaches every process; the parent reports it
+        code = 130
+    except SystemExit as exc:  # argparse: rank 0 printed the error
+        code = exc.code if isinstance(exc.code, int) else 1
+    exit_without_teardown(code)
+
+
+def stop_workers(workers, grace):
+    """Wait up to `grace` seconds for the workers to end, then stop those left (SIGTERM, then SIGKILL)."""
+    deadline = time.monotonic() + grace
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+            w.join(5)
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
+def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None, grace=10.0):
+    """Run main(argv) in `nproc` processes on this machine (as torchrun would start them), then exit:
+    0, or 2 with one `error: ...` line for an expected error, or the first failing process's code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
+        run_script(lambda: main(argv), expected, skip_teardown)
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = free_port()
+    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, errors))
+               for rank in range(nproc)]
+    try:
+        for w in workers:
+            w.start()
+        pending = list(workers)
+        while pending:  # until all have ended, or one failed and the others had `grace` seconds
+            wait([w.sentinel for w in pending])
+            pending = [w for w in pending if w.exitcode is None]
+            if any(w.exitcode for w in workers if w.exitcode is not None):
+                break
+        stop_workers(pending, grace)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not leave workers behind
+        stop_workers(workers, grace=5.0)
+        print(f"interrupted: stopped all {nproc} processes", file=sys.stderr)
+        sys.exit(130)
+    reported = {}
+    while not errors.empty():
+        rank, message = errors.get()
+        reported.setdefault(rank, message)
+    if reported:
+        print(f"error: {reported[min(reported)]}", file=sys.stderr)
+        sys.exit(2)
+    failed = [w.exitcode for w in workers if w.exitcode]
+    sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 1)
 
 
 def run_script(main, expected=(ValueError,), skip_teardown=None):
