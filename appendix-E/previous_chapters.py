@@ -17,6 +17,7 @@ from tqdm import tqdm
 import sys
 import argparse
 import multiprocessing
+import multiprocessing.util
 import signal
 import socket
 from multiprocessing.connection import wait
@@ -280,7 +281,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_worker(main, argv, rank, nproc, port, expected, errors):
+def launch_worker(main, argv, rank, nproc, port, expected, error_pipe):
     """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
@@ -288,12 +289,15 @@ def launch_worker(main, argv, rank, nproc, port, expected, errors):
         code = main(argv)
         code = code if isinstance(code, int) else 0
     except expected as exc:
-        errors.put((rank, str(exc)))  # the parent prints one of them
+        error_pipe.send(str(exc))  # the parent prints one of them
         code = 2
     except KeyboardInterrupt:  # Ctrl+C reaches every process; the parent reports it
         code = 130
     except SystemExit as exc:  # argparse: rank 0 printed the error
         code = exc.code if isinstance(exc.code, int) else 1
+    # what multiprocessing does when a process ends (frees its semaphores, e.g. tqdm's lock), then
+    # leave without the interpreter teardown
+    getattr(multiprocessing.util, "_exit_function", lambda: None)()
     exit_without_teardown(code)
 
 
@@ -318,9 +322,9 @@ def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None,
     if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
         run_script(lambda: main(argv), expected, skip_teardown)
     ctx = multiprocessing.get_context("spawn")
-    errors = ctx.SimpleQueue()
+    pipes = [ctx.Pipe(duplex=False) for _ in range(nproc)]  # (read end, write end): a worker's error
     port = free_port()
-    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, errors))
+    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, pipes[rank][1]))
                for rank in range(nproc)]
     try:
         for w in workers:
@@ -337,12 +341,9 @@ def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None,
         stop_workers(workers, grace=5.0)
         print(f"interrupted: stopped all {nproc} processes", file=sys.stderr)
         sys.exit(130)
-    reported = {}
-    while not errors.empty():
-        rank, message = errors.get()
-        reported.setdefault(rank, message)
+    reported = [read_end.recv() for read_end, _ in pipes if read_end.poll()]  # in rank order
     if reported:
-        print(f"error: {reported[min(reported)]}", file=sys.stderr)
+        print(f"error: {reported[0]}", file=sys.stderr)
         sys.exit(2)
     failed = [w.exitcode for w in workers if w.exitcode]
     sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 1)
@@ -754,7 +755,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     printed sample. world_size: processes training in step (DDP); tokens count them all.
     log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
     whole run) or False. A non-finite training loss stops the run with a ValueError naming the
-    step and the learning rate, before that step updates the weights.
+    step and the learning rate, before that step updates the weights; with world_size > 1 the
+    processes first add up their losses (an all-reduce), so all of them stop with the same error.
     """
     if progress not in (True, False, "run"):
         raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
@@ -775,10 +777,17 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                               disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
-            if not torch.isfinite(loss):  # stop before a NaN/inf step spoils the weights
+            check = loss.detach()
+            if world_size > 1:  # all processes must stop together, or the others wait in DDP forever
+                import torch.distributed as dist
+                check = check.clone()
+                dist.all_reduce(check)  # the sum: non-finite on every process if on any one
+                check /= world_size
+            if not torch.isfinite(check):  # stop before a NaN/inf step spoils the weights
+                where = f", mean over {world_size} processes" if world_size > 1 else ""
                 raise ValueError(
-                    f"the training loss became {loss.item()} at step {state['global_step'] + 1} "
-                    f"(learning rate {optimizer.param_groups[0]['lr']:g}); nothing after the last "
+                    f"the training loss became {check.item()} at step {state['global_step'] + 1} "
+                    f"(learning rate {optimizer.param_groups[0]['lr']:g}{where}); nothing after the last "
                     f"good checkpoint was saved; lower the learning rate (--lr)")
             loss.backward()
             optimizer.step()
