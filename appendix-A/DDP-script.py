@@ -153,7 +153,7 @@ def main(argv=None):
         torch.cuda.set_device(device)
 
     if by_torchrun:
-        # torchrun set MASTER_ADDR and MASTER_PORT, where the processes meet
+        # torchrun (or launch) set MASTER_ADDR and MASTER_PORT, where the processes meet
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     else:
         print("note: --nproc-per-node 1, so this runs as a single process (world size 1). "

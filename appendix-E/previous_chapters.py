@@ -755,8 +755,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     printed sample. world_size: processes training in step (DDP); tokens count them all.
     log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
     whole run) or False. A non-finite training loss stops the run with a ValueError naming the
-    step and the learning rate, before that step updates the weights; with world_size > 1 the
-    processes first add up their losses (an all-reduce), so all of them stop with the same error.
+    step and the learning rate, before that step updates the weights; with world_size > 1 in a
+    process group, the processes first add up their losses (an all-reduce), so all of them stop
+    with the same error.
     """
     if progress not in (True, False, "run"):
         raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
@@ -778,8 +779,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
             check = loss.detach()
-            if world_size > 1:  # all processes must stop together, or the others wait in DDP forever
-                import torch.distributed as dist
+            if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                dist = torch.distributed  # all processes must stop together, or the others wait forever
                 check = check.clone()
                 dist.all_reduce(check)  # the sum: non-finite on every process if on any one
                 check /= world_size
