@@ -279,6 +279,7 @@ def launch_worker(main, argv, rank, nproc, port, expected, error_pipe):
     """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it (a background job)
     try:
         code = main(argv)
         code = code if isinstance(code, int) else 0
@@ -311,7 +312,8 @@ def stop_workers(workers, grace):
 
 def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None, grace=10.0):
     """Run main(argv) in `nproc` processes on this machine (as torchrun would start them), then exit:
-    0, or 2 with one `error: ...` line for an expected error, or the first failing process's code."""
+    0, or 2 with one `error: ...` line for an expected error, or a failing process's code (130 after
+    Ctrl+C, which stops them all)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
         run_script(lambda: main(argv), expected, skip_teardown)
@@ -320,6 +322,14 @@ def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None,
     port = free_port()
     workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, pipes[rank][1]))
                for rank in range(nproc)]
+
+    def on_sigterm(signum, frame):  # `kill` of this process: stop the workers as Ctrl+C would
+        for w in workers:
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for w in workers:
             w.start()
@@ -339,8 +349,9 @@ def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None,
     if reported:
         print(f"error: {reported[0]}", file=sys.stderr)
         sys.exit(2)
-    failed = [w.exitcode for w in workers if w.exitcode]
-    sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 1)
+    failed = [w.exitcode for w in workers if w.exitcode]  # negative: stopped by a signal
+    exited = [code for code in failed if code > 0]
+    sys.exit(exited[0] if exited else 1 if failed else 0)
 
 
 def run_script(main, expected=(ValueError,), skip_teardown=None):

@@ -151,3 +151,20 @@ def test_bad_batch_size_exits_with_a_clear_message():
     assert proc.returncode != 0
     assert "error: --batch-size 9 is larger than the 8 training examples per process (8 examples over 1 process(es))" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stopping_the_launcher_stops_every_process():
+    # `kill` of the script (as Ctrl+C would): both processes stop, one line, exit code 130
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--epochs", "1000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT, start_new_session=True)
+    try:
+        seen = [proc.stdout.readline() for _ in range(3)]  # both ranks are training
+        assert any("epoch 1/" in line for line in seen), seen
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted: stopped all 2 processes"
+    left = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    assert all(line.split()[1].startswith("Z") for line in left.splitlines()), left  # no process still running
