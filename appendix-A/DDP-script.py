@@ -1,19 +1,25 @@
 """Train appendix A's toy network with DistributedDataParallel (DDP), one process per device.
 
-Launch it with torchrun, which starts the processes and tells each its rank:
+It starts its processes itself (two by default, as the book's example; --nproc-per-node N):
+
+    python appendix-A/DDP-script.py
+    python appendix-A/DDP-script.py --nproc-per-node 1     # one process (world size 1)
+
+The arguments are checked once, before any process starts; each process gets the environment
+torchrun would give it (rank, world size, where to meet), so torchrun works too and runs the same
+code (--nproc-per-node is then ignored):
 
     torchrun --nproc_per_node=2 appendix-A/DDP-script.py
 
-With CUDA GPUs each process drives one GPU and the processes talk through the "nccl"
+An error in the processes ends as one `error:` line and exit code 2 (under torchrun, torchrun
+adds its own report of the failed processes). With CUDA GPUs each process drives one GPU and the processes talk through the "nccl"
 backend; without GPUs (or with --device cpu) they run on the CPU and use "gloo". Every rank
-prints its training loss each epoch; rank 0 prints the final train and test accuracy.
-Started as a plain script (python appendix-A/DDP-script.py) it trains in a single process
-(world size 1) and says so.
+prints its training loss each epoch; rank 0 prints the final train and test accuracy. A
+non-finite training loss on any process stops every process with the same error.
 
 The network, the toy data and the accuracy helper come from appendix-A.ipynb through the
 generated previous_chapters.py.
 """
-import argparse
 import math
 import os
 import sys
@@ -25,19 +31,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from previous_chapters import (NeuralNetwork, ToyDataset, compute_accuracy, distributed_env, make_toy_data,
-                               pick_device, run_script)
+from previous_chapters import (NeuralNetwork, ScriptArgumentParser, ToyDataset, add_nproc_argument,
+                               compute_accuracy, distributed_env, launch, make_toy_data, pick_device)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="passes over the training data (default 3)")
     parser.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=2, help="examples per batch and process (default 2)")
     parser.add_argument("--seed", type=int, default=123, help="random seed, the same on every rank (default 123)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: one CUDA GPU per process if CUDA is available, else the CPU")
-    return parser.parse_args(argv)
+    add_nproc_argument(parser, default=2)
+    args = parser.parse_args(argv)
+    try:  # the world size is torchrun's when it started this process, else --nproc-per-node
+        _, _, world_size, by_torchrun = distributed_env()
+        validate(args, world_size if by_torchrun else args.nproc_per_node, num_train=len(make_toy_data()[0]))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def validate(args, world_size, num_train):
@@ -65,7 +78,7 @@ def choose_device(requested, local_rank, local_world_size):
     num_gpus = torch.cuda.device_count()
     if local_world_size > num_gpus:
         raise ValueError(f"{local_world_size} processes on this machine but only {num_gpus} CUDA GPU(s); "
-                         f"use --nproc_per_node={num_gpus} or --device cpu")
+                         f"use --nproc-per-node {num_gpus} or --device cpu")
     return torch.device("cuda", device.index or 0), "nccl"
 
 
@@ -103,9 +116,14 @@ def train(args, rank, world_size, device):
         for features, labels in loader:
             features, labels = features.to(device), labels.to(device)
             loss = F.cross_entropy(ddp_model(features), labels)
-            if not torch.isfinite(loss):  # stop instead of training on NaN
-                raise ValueError(f"the training loss became {loss.item()} in epoch {epoch + 1}, batch "
-                                 f"{batches + 1} (--lr {args.lr:g}); lower --lr")
+            check = loss.detach().clone()
+            if world_size > 1:  # the mean over all processes: non-finite on every rank if on any one
+                dist.all_reduce(check)
+                check /= world_size
+            if not torch.isfinite(check):  # every rank stops together instead of training on NaN
+                where = f", mean over {world_size} processes" if world_size > 1 else ""
+                raise ValueError(f"the training loss became {check.item()} in epoch {epoch + 1}, batch "
+                                 f"{batches + 1} (--lr {args.lr:g}{where}); lower --lr")
             optimizer.zero_grad()
             loss.backward()  # DDP averages the gradients over all ranks here
             optimizer.step()
@@ -127,20 +145,19 @@ def train(args, rank, world_size, device):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # checks the arguments (validate) for this world size
     rank, local_rank, world_size, by_torchrun = distributed_env()
-    validate(args, world_size, num_train=len(make_toy_data()[0]))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     device, backend = choose_device(args.device, local_rank, local_world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
     if by_torchrun:
-        # torchrun set MASTER_ADDR and MASTER_PORT, where the processes meet
+        # torchrun (or launch) set MASTER_ADDR and MASTER_PORT, where the processes meet
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     else:
-        print("note: not launched by torchrun, so this runs as a single process (world size 1). "
-              "For two processes: torchrun --nproc_per_node=2 appendix-A/DDP-script.py", flush=True)
+        print("note: --nproc-per-node 1, so this runs as a single process (world size 1). "
+              "For two processes: python appendix-A/DDP-script.py --nproc-per-node 2", flush=True)
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
         log(rank, f"world size {world_size} | backend {backend} | device {device}")
@@ -150,5 +167,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # always leave without the interpreter teardown: gloo's threads can abort it (ch01/script-helpers.ipynb)
-    run_script(main, skip_teardown=True)
+    args = parse_args()  # bad arguments stop here, once, before any process starts
+    # each process leaves without the interpreter teardown: gloo's threads can abort it (ch01/script-helpers.ipynb)
+    launch(main, sys.argv[1:], args.nproc_per_node, skip_teardown=True)

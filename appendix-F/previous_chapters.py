@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
 import sys
+import argparse
+import multiprocessing
+import multiprocessing.util
+import signal
+import socket
+from multiprocessing.connection import wait
 import math
 import pickle
 import re
@@ -240,6 +246,121 @@ def exit_without_teardown(code=0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+MAX_NPROC = 64  # a typo such as --nproc-per-node 200 would start 200 processes
+
+
+class ScriptArgumentParser(argparse.ArgumentParser):
+    """argparse's parser; in a process whose RANK is not 0, a bad argument exits with code 2 quietly
+    (rank 0 sees the same command line and reports it)."""
+
+    def error(self, message):
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(2)
+        super().error(message)
+
+
+def nproc_count(text):
+    """argparse type of --nproc-per-node: an int from 1 to MAX_NPROC."""
+    value = int(text)
+    if not 1 <= value <= MAX_NPROC:
+        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_NPROC}], got {value}")
+    return value
+
+
+def add_nproc_argument(parser, default=1):
+    """Add --nproc-per-node: how many processes launch() starts on this machine."""
+    parser.add_argument("--nproc-per-node", type=nproc_count, default=default, metavar="N",
+                        help="processes to start on this machine, each training on its share of the "
+                             "data with DistributedDataParallel (one per GPU with CUDA); ignored "
+                             "under torchrun, which starts the processes itself")
+
+
+def free_port():
+    """A TCP port on this machine that is free now (where the processes will meet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_worker(main, argv, rank, nproc, port, expected, error_pipe):
+    """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it (a background job)
+    try:
+        code = main(argv)
+        code = code if isinstance(code, int) else 0
+    except expected as exc:
+        error_pipe.send(str(exc))  # the parent prints one of them
+        code = 2
+    except KeyboardInterrupt:  # Ctrl+C reaches every process; the parent reports it
+        code = 130
+    except SystemExit as exc:  # argparse: rank 0 printed the error
+        code = exc.code if isinstance(exc.code, int) else 1
+    # what multiprocessing does when a process ends (frees its semaphores, e.g. tqdm's lock), then
+    # leave without the interpreter teardown
+    getattr(multiprocessing.util, "_exit_function", lambda: None)()
+    exit_without_teardown(code)
+
+
+def stop_workers(workers, grace):
+    """Wait up to `grace` seconds for the workers to end, then stop those left (SIGTERM, then SIGKILL)."""
+    deadline = time.monotonic() + grace
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+            w.join(5)
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
+def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None, grace=10.0):
+    """Run main(argv) in `nproc` processes on this machine (as torchrun would start them), then exit:
+    0, or 2 with one `error: ...` line for an expected error, or a failing process's code (130 after
+    Ctrl+C, which stops them all)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
+        run_script(lambda: main(argv), expected, skip_teardown)
+    ctx = multiprocessing.get_context("spawn")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(nproc)]  # (read end, write end): a worker's error
+    port = free_port()
+    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, pipes[rank][1]))
+               for rank in range(nproc)]
+
+    def on_sigterm(signum, frame):  # `kill` of this process: stop the workers as Ctrl+C would
+        for w in workers:
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        for w in workers:
+            w.start()
+        pending = list(workers)
+        while pending:  # until all have ended, or one failed and the others had `grace` seconds
+            wait([w.sentinel for w in pending])
+            pending = [w for w in pending if w.exitcode is None]
+            if any(w.exitcode for w in workers if w.exitcode is not None):
+                break
+        stop_workers(pending, grace)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not leave workers behind
+        stop_workers(workers, grace=5.0)
+        print(f"interrupted: stopped all {nproc} processes", file=sys.stderr)
+        sys.exit(130)
+    reported = [read_end.recv() for read_end, _ in pipes if read_end.poll()]  # in rank order
+    if reported:
+        print(f"error: {reported[0]}", file=sys.stderr)
+        sys.exit(2)
+    failed = [w.exitcode for w in workers if w.exitcode]  # negative: stopped by a signal
+    exited = [code for code in failed if code > 0]
+    sys.exit(exited[0] if exited else 1 if failed else 0)
 
 
 def run_script(main, expected=(ValueError,), skip_teardown=None):
@@ -921,7 +1042,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     printed sample. world_size: processes training in step (DDP); tokens count them all.
     log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
     whole run) or False. A non-finite training loss stops the run with a ValueError naming the
-    step and the learning rate, before that step updates the weights.
+    step and the learning rate, before that step updates the weights; with world_size > 1 in a
+    process group, the processes first add up their losses (an all-reduce), so all of them stop
+    with the same error.
     """
     if progress not in (True, False, "run"):
         raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
@@ -944,10 +1067,17 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                               disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
-            if not torch.isfinite(loss):  # stop before a NaN/inf step spoils the weights
+            check = loss.detach()
+            if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                dist = torch.distributed  # all processes must stop together, or the others wait forever
+                check = check.clone()
+                dist.all_reduce(check)  # the sum: non-finite on every process if on any one
+                check /= world_size
+            if not torch.isfinite(check):  # stop before a NaN/inf step spoils the weights
+                where = f", mean over {world_size} processes" if world_size > 1 else ""
                 raise ValueError(
-                    f"the training loss became {loss.item()} at step {state['global_step'] + 1} "
-                    f"(learning rate {optimizer.param_groups[0]['lr']:g}); nothing after the last "
+                    f"the training loss became {check.item()} at step {state['global_step'] + 1} "
+                    f"(learning rate {optimizer.param_groups[0]['lr']:g}{where}); nothing after the last "
                     f"good checkpoint was saved; lower the learning rate (--lr)")
             loss.backward()
             optimizer.step()

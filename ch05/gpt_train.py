@@ -3,7 +3,7 @@
     python ch05/gpt_train.py                                   # the-verdict.txt, 124M, 10 epochs
     python ch05/gpt_train.py --text-files a.txt b.txt --model-size tiny --epochs 2 --output-dir runs/mine
     python ch05/gpt_train.py --resume runs/gpt_train/model_and_optimizer.pth --epochs 15
-    torchrun --nproc_per_node=2 ch05/gpt_train.py --model-size tiny --output-dir runs/ddp   # DistributedDataParallel
+    python ch05/gpt_train.py --nproc-per-node 2 --model-size tiny --output-dir runs/ddp   # DistributedDataParallel
 
 The first 90% of the text (the files joined with <|endoftext|>) trains the model, the rest
 validates it. The output folder receives model_and_optimizer.pth (model, optimizer, configuration
@@ -12,14 +12,18 @@ and progress: continue with --resume), loss.png and samples.txt; the output fold
 into place, so an interruption leaves the previous ones intact. A folder that already holds a
 run's outputs is refused before any work unless --resume continues from the checkpoint in it
 (samples.txt then keeps the earlier samples) or --overwrite replaces them. A non-finite training
-loss stops the run with an error (nothing is saved, the previous checkpoint stays). --resume
-continues with this run's --lr and --weight-decay (it says so when they differ from the
-checkpoint's). It runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early
-and still saves. Under torchrun every process trains on its own share of the batches (a
-distributed sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU); only the first
-process prints, plots and saves.
+loss stops the run with an error (nothing is saved, the previous checkpoint stays); with several
+processes, a non-finite loss on any one of them stops them all with the same error. --resume keeps
+the checkpoint's learning rate and weight decay unless --lr or --weight-decay is given (it says
+which). It runs on CUDA, Apple's MPS or the CPU. Ctrl+C stops a single-process run early and
+still saves (with several processes it stops them all). With --nproc-per-node N the script starts N
+processes itself (the arguments are checked once, before); each trains on its own share of the
+batches (a distributed sampler) with DistributedDataParallel (nccl on CUDA, gloo on the CPU);
+only the first process prints, plots and saves. torchrun works too (torchrun --nproc_per_node=2
+ch05/gpt_train.py ...; --nproc-per-node is then ignored).
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,12 +33,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatasetV1, GPTModel,
-                               add_fast_path_arguments, add_overwrite_argument, add_pretraining_arguments,
-                               check_fast_path_arguments, check_output, check_pretraining_arguments,
-                               distributed_env, download_file, evaluate_model, generate_sample,
-                               load_chapter_weights, load_weights, maybe_compile, pick_device, plot_losses,
-                               pretraining_config, read_checkpoint, read_text, report_bf16, run_script, save_atomic,
-                               train_model_simple, training_view)
+                               ScriptArgumentParser, add_fast_path_arguments, add_nproc_argument,
+                               add_overwrite_argument, add_pretraining_arguments, check_fast_path_arguments,
+                               check_output, check_pretraining_arguments, distributed_env, download_file,
+                               evaluate_model, generate_sample, launch, load_chapter_weights, load_weights,
+                               maybe_compile, pick_device, plot_losses, pretraining_config, read_checkpoint,
+                               read_text, report_bf16, save_atomic, train_model_simple, training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -43,16 +47,29 @@ OUTPUT_NAMES = (CHECKPOINT_NAME, "loss.png", "samples.txt")  # what a run leaves
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__.splitlines()[0], conflict_handler="resolve",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_pretraining_arguments(p, MODEL_SIZES, output_dir="runs/gpt_train")
+    # --lr and --weight-decay again (replacing the shared ones): left out, --resume keeps the checkpoint's
+    new_run = {"lr": p.get_default("lr"), "weight_decay": p.get_default("weight_decay")}
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW's learning rate; None (left out): {new_run['lr']:g} for a new run, with "
+                        f"--resume the checkpoint's")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"AdamW's weight decay; None (left out): {new_run['weight_decay']:g} for a new run, "
+                        f"with --resume the checkpoint's")
     p.add_argument("--resume", type=Path, default=None,
                    help="checkpoint to continue from; when it lies in --output-dir, that folder's "
                         "earlier outputs are continued (samples.txt keeps the earlier samples)")
     add_overwrite_argument(p, "--output-dir")
     add_fast_path_arguments(p)
+    add_nproc_argument(p, default=1)
     args = p.parse_args(argv)
     check_pretraining_arguments(p, args, MODEL_SIZES)
+    if args.resume is None:  # a new run: the shared defaults for what was left out
+        for name, value in new_run.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     check_fast_path_arguments(p, args)
     if not args.start_context.strip():
         p.error(f"--start-context must contain some text (it is the samples' prompt), got {args.start_context!r}")
@@ -68,9 +85,12 @@ def resumes_into_output_dir(args):
 
 
 def apply_optimizer_settings(optimizer, lr, weight_decay):
-    """Set this run's lr and weight decay in a loaded optimizer; ['name old -> new', ...] for those changed."""
+    """Set the given lr and weight decay (None: keep the loaded one) in a loaded optimizer;
+    ['name old -> new', ...] for those changed."""
     changes = []
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if value is None:
+            continue
         old = optimizer.param_groups[0][name]
         if old != value:
             changes.append(f"{name} {old:g} -> {value:g}")
@@ -167,7 +187,8 @@ def main(argv=None):
         tokenizer, train_loader, val_loader = make_loaders(text, args, world_size, rank)
         torch.manual_seed(args.seed)
         model = (FastGPTModel(config, tie_weights=args.tie_weights) if args.fast else GPTModel(config)).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+        given = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
+        optimizer = torch.optim.AdamW(model.parameters(), **given,  # --resume: the rest from the checkpoint
                                       fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
         state = {"epoch": 0}  # train_model_simple adds the rest of the progress
         if args.resume is not None:
@@ -177,6 +198,11 @@ def main(argv=None):
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")
             for change in apply_optimizer_settings(optimizer, args.lr, args.weight_decay):
                 log(f"--resume: optimizer {change} (this run's setting replaces the checkpoint's)")
+            kept = [f"{name} {optimizer.param_groups[0][name]:g}" for name in ("lr", "weight_decay")
+                    if getattr(args, name) is None]
+            if kept:
+                log(f"--resume: optimizer {', '.join(kept)} kept from the checkpoint (change with "
+                    f"--lr / --weight-decay)")
         if state["epoch"] >= args.epochs:
             log(f"the checkpoint has already trained {state['epoch']} epochs; raise --epochs to continue")
             return 0
@@ -241,6 +267,7 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
 
 
 if __name__ == "__main__":
-    # under torchrun, run_script skips the interpreter teardown, during which gloo's threads can
-    # abort a process that finished its work (see ch01/script-helpers.ipynb)
-    run_script(main, expected=(ValueError, DownloadError))
+    args = parse_args()  # bad arguments stop here, once, before any process starts
+    # --nproc-per-node > 1: launch starts the processes; each (like each torchrun process) leaves
+    # without the interpreter teardown, during which gloo's threads can abort it (ch01/script-helpers.ipynb)
+    launch(main, sys.argv[1:], args.nproc_per_node, expected=(ValueError, DownloadError))

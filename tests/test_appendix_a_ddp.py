@@ -1,7 +1,7 @@
 """appendix-A/DDP-script.py: DistributedDataParallel training of the toy network on CPUs.
 
-Launches the script with torchrun (two gloo processes on the CPU) and as a plain single
-process, and unit-tests its argument checks through import_path.
+Runs the script as typed (it starts two gloo processes on the CPU itself), with torchrun, and
+as a single process (--nproc-per-node 1), and unit-tests its argument checks through import_path.
 """
 import os
 import re
@@ -57,9 +57,14 @@ def _parse(lines):
 
 @pytest.fixture(scope="module")
 def two_process_output():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(SCRIPT)]
-    return _run(cmd)
+    return _run([sys.executable, str(SCRIPT)])  # two processes by default, started by the script
+
+
+def test_torchrun_runs_the_same_training(two_process_output):
+    lines = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                  f"--master_port={_free_port()}", str(SCRIPT)])
+    assert sorted(_parse(lines)[0].items()) == sorted(_parse(two_process_output)[0].items())
+    assert _parse(lines)[1] == _parse(two_process_output)[1]  # the same checksums
 
 
 def test_both_ranks_train_every_epoch(two_process_output):
@@ -99,9 +104,9 @@ def test_only_rank_0_reports_perfect_accuracy(two_process_output):
     assert accuracies == {0: (1.0, 1.0)}
 
 
-def test_single_process_without_torchrun():
-    lines = _run([sys.executable, str(SCRIPT), "--epochs", "2"])
-    assert lines[0].startswith("note: not launched by torchrun, so this runs as a single process")
+def test_single_process():
+    lines = _run([sys.executable, str(SCRIPT), "--epochs", "2", "--nproc-per-node", "1"])
+    assert lines[0].startswith("note: --nproc-per-node 1, so this runs as a single process")
     epochs, checksums, accuracies = _parse(lines)
     assert sorted(epochs) == [(0, 1), (0, 2)]
     for examples, batches, _ in epochs.values():
@@ -141,8 +146,25 @@ def test_distributed_env(ddp):
 
 
 def test_bad_batch_size_exits_with_a_clear_message():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--batch-size", "9"], capture_output=True,
-                          text=True, timeout=120, env=_env(), cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--batch-size", "9", "--nproc-per-node", "1"],
+                          capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
     assert proc.returncode != 0
     assert "error: --batch-size 9 is larger than the 8 training examples per process (8 examples over 1 process(es))" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stopping_the_launcher_stops_every_process():
+    # `kill` of the script (as Ctrl+C would): both processes stop, one line, exit code 130
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--epochs", "1000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT, start_new_session=True)
+    try:
+        seen = [proc.stdout.readline() for _ in range(3)]  # both ranks are training
+        assert any("epoch 1/" in line for line in seen), seen
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted: stopped all 2 processes"
+    left = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    assert all(line.split()[1].startswith("Z") for line in left.splitlines()), left  # no process still running

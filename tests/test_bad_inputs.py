@@ -549,3 +549,129 @@ def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
     repaired = ("gpt2/124M/encoder.json", "gpt2/124M/vocab.bpe")  # the download helper fixes files of known checksum
     after = {k: v for k, v in snapshot(tmp_path).items() if k not in repaired}
     assert after == {k: v for k, v in before.items() if k not in repaired}  # nothing changed or created
+
+
+# ---- Launching several processes (issue 19, item 14), agreeing on a non-finite loss, and
+# --resume keeping the checkpoint's optimizer settings unless typed. The scripts start their own
+# processes (--nproc-per-node, ch01/script-helpers.ipynb's launch): bad arguments stop in the parent
+# before any process starts; an error in the processes ends as one `error:` line and exit code 2.
+import os  # noqa: E402
+import socket  # noqa: E402
+
+CASES_LAUNCH = [
+    ("appendix-A/DDP-script.py", ["--epochs", "0"], "--epochs"),  # two processes by default
+    ("appendix-A/DDP-script.py", ["--nproc-per-node", "0"], "--nproc-per-node"),
+    ("appendix-A/DDP-script.py", ["--nproc-per-node", "65"], "--nproc-per-node"),
+    ("ch05/gpt_train.py", ["--nproc-per-node", "2", "--lr", "nan"], "--lr"),
+    # found in the two processes (reading the text): each raises, the parent prints one line
+    ("ch05/gpt_train.py", ["--nproc-per-node", "2", "--batch-size", "30"], "--batch-size"),
+]
+
+
+@pytest.mark.parametrize("script,args,flag", CASES_LAUNCH,
+                         ids=[f"{s.split('/')[-1]} {' '.join(a)}" for s, a, _ in CASES_LAUNCH])
+def test_launched_processes_fail_with_one_clear_error(script, args, flag, tmp_path):
+    result, existing = run_case(script, args, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "leaked" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and flag in errors[0], result.stderr
+    assert existing.read_text(encoding="utf-8") == "keep me"
+    assert not (tmp_path / "run").exists()
+
+
+def test_under_torchrun_only_rank_0_reports_a_bad_argument(tmp_path):
+    # torchrun still adds its own ChildFailedError report; the script's own error appears once
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={port}", str(ROOT / "appendix-A/DDP-script.py"),
+                             "--epochs", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert len([line for line in output.splitlines() if "error: --epochs must be at least 1" in line]) == 1, output
+
+
+# A wrapper that launches two processes of a script and makes only rank 1's training loss NaN
+# (at its second training batch): every rank must stop with the same error, none may hang.
+NAN_ON_RANK_1 = '''import importlib.util, os, sys, types
+from previous_chapters import launch
+
+def load(path):
+    spec = importlib.util.spec_from_file_location("script_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+def poisoned(loss_fn, is_training):
+    calls = []
+    def patched(*args):
+        loss = loss_fn(*args)
+        if is_training(args):
+            calls.append(1)
+            if os.environ["RANK"] == "1" and len(calls) == 2:
+                return loss * float("nan")
+        return loss
+    return patched
+
+def main(argv):
+    script = load({script!r})
+    if {patch!r} == "F.cross_entropy":  # DDP-script.py's loss
+        script.F = types.SimpleNamespace(cross_entropy=poisoned(script.F.cross_entropy, lambda a: True))
+    else:  # train_model_simple's loss, in previous_chapters (the training steps, not the evaluation)
+        import previous_chapters
+        previous_chapters.calc_loss_batch = poisoned(previous_chapters.calc_loss_batch, lambda a: a[2].training)
+    return script.main(argv)
+
+if __name__ == "__main__":
+    launch(main, sys.argv[1:], nproc=2, expected=(ValueError,), skip_teardown=True)
+'''
+
+
+def run_nan_on_rank_1(script, patch, args, tmp_path):
+    wrapper = tmp_path / "nan_on_rank_1.py"
+    wrapper.write_text(NAN_ON_RANK_1.format(script=str(ROOT / script), patch=patch), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / script.split("/")[0]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=env)
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_ddp_script(tmp_path):
+    result = run_nan_on_rank_1("appendix-A/DDP-script.py", "F.cross_entropy", ["--device", "cpu"], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert errors == ["error: the training loss became nan in epoch 1, batch 2 (--lr 0.5, mean over 2 "
+                      "processes); lower --lr"], result.stderr
+    assert "train accuracy" not in result.stdout
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_train_model_simple(tmp_path):
+    text = tmp_path / "story.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    args = ["--text-files", str(text), "--output-dir", str(tmp_path / "run")] + TINY + ["--epochs", "1"]
+    result = run_nan_on_rank_1("ch05/gpt_train.py", "calc_loss_batch", args, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "the training loss became nan at step 1 (learning rate 0.003, mean over 2 " \
+                                "processes)" in errors[0], result.stderr
+    assert not (tmp_path / "run").exists()  # nothing saved
+
+
+def test_resume_keeps_the_checkpoints_optimizer_settings_unless_given(trained, capsys):
+    train, args, ckpt_path = trained
+    without_lr = [a for i, a in enumerate(args) if "--lr" not in args[max(i - 1, 0):i + 1]]
+    assert "--lr" not in without_lr and "3e-3" not in without_lr
+    capsys.readouterr()
+    assert train.main(without_lr + ["--epochs", "2", "--resume", str(ckpt_path), "--weight-decay", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer weight_decay 0.1 -> 0.05" in out and "optimizer lr 0.003 kept from the checkpoint" in out
+    assert train.main(without_lr + ["--epochs", "3", "--resume", str(ckpt_path)]) == 0
+    assert "optimizer lr 0.003, weight_decay 0.05 kept from the checkpoint" in capsys.readouterr().out
+    groups = torch.load(ckpt_path, weights_only=True)["optimizer"]["param_groups"]
+    assert {(g["lr"], g["weight_decay"]) for g in groups} == {(3e-3, 0.05)}  # not the defaults 4e-4, 0.1
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "with --resume the checkpoint's" in " ".join(capsys.readouterr().out.split())  # said in --help

@@ -26,8 +26,8 @@ COMMANDS = {
     "python ch05/gpt_train.py --model-size tiny --epochs 1 --output-dir runs/first-try": [],
     "python ch05/gpt_train.py": ["--model-size", "tiny", "--epochs", "1", "--output-dir", "runs/default"],
     "python ch05/gpt_generate.py --prompt \"Every effort moves you\"": ["--max-new-tokens", "5"],
-    "torchrun --nproc_per_node=2 ch05/gpt_train.py --model-size tiny --output-dir runs/ddp": ["--epochs", "1"],
-    "torchrun --nproc_per_node=2 appendix-A/DDP-script.py": [],
+    "python ch05/gpt_train.py --nproc-per-node 2 --model-size tiny --output-dir runs/ddp": ["--epochs", "1"],
+    "python appendix-A/DDP-script.py": [],
     "python ch06/gpt_class_finetune.py --output-dir runs/spam": [
         "--epochs", "1", "--max-examples", "48", "--no-progress"],
     "python ch06/classify.py --checkpoint runs/spam/classifier.pth \"WINNER! Claim your prize now\"": [],
