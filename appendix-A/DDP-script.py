@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from previous_chapters import (NeuralNetwork, ScriptArgumentParser, ToyDataset, add_nproc_argument,
-                               compute_accuracy, distributed_env, launch, make_toy_data, pick_device)
+                               check_finite_loss, compute_accuracy, distributed_env, launch, make_toy_data,
+                               pick_device)
 
 
 def parse_args(argv=None):
@@ -116,14 +117,8 @@ def train(args, rank, world_size, device):
         for features, labels in loader:
             features, labels = features.to(device), labels.to(device)
             loss = F.cross_entropy(ddp_model(features), labels)
-            check = loss.detach().clone()
-            if world_size > 1:  # the mean over all processes: non-finite on every rank if on any one
-                dist.all_reduce(check)
-                check /= world_size
-            if not torch.isfinite(check):  # every rank stops together instead of training on NaN
-                where = f", mean over {world_size} processes" if world_size > 1 else ""
-                raise ValueError(f"the training loss became {check.item()} in epoch {epoch + 1}, batch "
-                                 f"{batches + 1} (--lr {args.lr:g}{where}); lower --lr")
+            # every rank stops together instead of training on NaN (ch01/script-helpers.ipynb)
+            check_finite_loss(loss, f"in epoch {epoch + 1}, batch {batches + 1}", args.lr, world_size, "lower --lr")
             optimizer.zero_grad()
             loss.backward()  # DDP averages the gradients over all ranks here
             optimizer.step()

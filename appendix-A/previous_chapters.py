@@ -429,6 +429,19 @@ def memory_error(what, need, device="cpu"):
     return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
 
 
+def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
+    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
+    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
+    check = loss.detach()
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        check = check.clone()
+        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
+        check /= world_size
+    if not torch.isfinite(check):
+        mean = f", mean over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
+
+
 def read_text(paths, flag="--text-files"):
     """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
     the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""

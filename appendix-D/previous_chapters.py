@@ -435,6 +435,19 @@ def memory_error(what, need, device="cpu"):
     return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
 
 
+def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
+    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
+    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
+    check = loss.detach()
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        check = check.clone()
+        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
+        check /= world_size
+    if not torch.isfinite(check):
+        mean = f", mean over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
+
+
 def read_text(paths, flag="--text-files"):
     """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
     the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""
@@ -1064,18 +1077,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                               disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
-            check = loss.detach()
-            if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-                dist = torch.distributed  # all processes must stop together, or the others wait forever
-                check = check.clone()
-                dist.all_reduce(check)  # the sum: non-finite on every process if on any one
-                check /= world_size
-            if not torch.isfinite(check):  # stop before a NaN/inf step spoils the weights
-                where = f", mean over {world_size} processes" if world_size > 1 else ""
-                raise ValueError(
-                    f"the training loss became {check.item()} at step {state['global_step'] + 1} "
-                    f"(learning rate {optimizer.param_groups[0]['lr']:g}{where}); nothing after the last "
-                    f"good checkpoint was saved; lower the learning rate (--lr)")
+            check_finite_loss(loss, f"at step {state['global_step'] + 1}", optimizer.param_groups[0]["lr"],
+                              world_size, "nothing after the last good checkpoint was saved; lower the "
+                              "learning rate (--lr)")  # before a NaN/inf step spoils the weights
             loss.backward()
             optimizer.step()
             state["tokens_seen"] += input_batch.numel() * world_size
@@ -1798,6 +1802,7 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
             track_lrs.append(lr)  # new
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
+            check_finite_loss(loss, f"at step {global_step}", lr)
             loss.backward()
             if grad_clip is not None and clipping_active(global_step, warmup_steps):  # new
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)

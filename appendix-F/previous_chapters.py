@@ -438,6 +438,19 @@ def memory_error(what, need, device="cpu"):
     return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
 
 
+def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
+    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
+    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
+    check = loss.detach()
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        check = check.clone()
+        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
+        check /= world_size
+    if not torch.isfinite(check):
+        mean = f", mean over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
+
+
 def read_text(paths, flag="--text-files"):
     """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
     the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""
@@ -1067,18 +1080,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                               disable=progress is not True):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
-            check = loss.detach()
-            if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-                dist = torch.distributed  # all processes must stop together, or the others wait forever
-                check = check.clone()
-                dist.all_reduce(check)  # the sum: non-finite on every process if on any one
-                check /= world_size
-            if not torch.isfinite(check):  # stop before a NaN/inf step spoils the weights
-                where = f", mean over {world_size} processes" if world_size > 1 else ""
-                raise ValueError(
-                    f"the training loss became {check.item()} at step {state['global_step'] + 1} "
-                    f"(learning rate {optimizer.param_groups[0]['lr']:g}{where}); nothing after the last "
-                    f"good checkpoint was saved; lower the learning rate (--lr)")
+            check_finite_loss(loss, f"at step {state['global_step'] + 1}", optimizer.param_groups[0]["lr"],
+                              world_size, "nothing after the last good checkpoint was saved; lower the "
+                              "learning rate (--lr)")  # before a NaN/inf step spoils the weights
             loss.backward()
             optimizer.step()
             state["tokens_seen"] += input_batch.numel() * world_size
@@ -1890,6 +1894,7 @@ def train_sft(model, train_problems, target, steps, batch_size=64, lr=3e-3, digi
         inputs, targets = sft_batch([train_problems[i] for i in picks], target, digits)
         inputs, targets = inputs.to(device), targets.to(device)
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        check_finite_loss(loss, f"at step {step}", schedule.get_last_lr()[0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -1959,6 +1964,7 @@ def grpo_step(policy, optimizer, prompts, completions, rewards, group_size, refe
     for _ in range(inner_updates):  # later updates see ratios != 1, which the clip bounds
         loss = grpo_loss(token_logprobs(policy, prompts, completions), old_logps, advantages, mask,
                          ref_logps, clip_eps, kl_coef)
+        check_finite_loss(loss, "in a GRPO update", optimizer.param_groups[0]["lr"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -6,6 +6,7 @@ import pytest
 import tiktoken
 import torch
 from conftest import import_path
+from torch.utils.data import DataLoader, TensorDataset
 
 ch05 = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_argument_checks")
 ch06 = import_path("ch06/previous_chapters.py", name="ch06_previous_chapters_for_argument_checks")
@@ -109,3 +110,46 @@ def test_good_arguments_still_work(model):
     assert ch05.generate_text_simple(model, ids(3), 0, 16).shape == (1, 3)  # zero new tokens is allowed
     assert ch05.token_ids_to_text(torch.tensor([[15496]]), tiktoken.get_encoding("gpt2")) == "Hello"
     assert ch05.MultiHeadAttention(8, 8, 4, 0.0, 2)(torch.randn(2, 4, 8)).shape == (2, 4, 8)
+
+
+appd = import_path("appendix-D/previous_chapters.py", name="appendix_d_previous_chapters_for_argument_checks")
+
+
+def nan_model(cfg):
+    torch.manual_seed(0)
+    model = ch05.GPTModel(cfg)
+    with torch.no_grad():
+        model.out_head.weight[0, 0] = float("nan")  # every loss becomes NaN
+    return model
+
+
+def run_loop(name, model, optimizer):
+    torch.manual_seed(0)
+    inputs, targets = torch.randint(0, 100, (8, 8)), torch.randint(0, 100, (8, 8))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=2)
+    if name == "ch05 train_model_simple":
+        ch05.train_model_simple(model, loader, loader, optimizer, "cpu", 1, 1, 1, "Hi", None, progress=False)
+    elif name == "ch06 train_classifier_simple":
+        labels = DataLoader(TensorDataset(inputs, torch.tensor([0, 1] * 4)), batch_size=2)
+        ch06.train_classifier_simple(model, labels, labels, optimizer, "cpu", 1, 1, 1, progress=False)
+    elif name == "appendix D train_model":
+        appd.train_model(model, loader, loader, optimizer, "cpu", 1, 1, 1, "Hi", None, warmup_steps=1,
+                         progress=False)
+    else:
+        appf.train_sft(model, appf.make_problems(8, 0, digits=2)[0], "cot", 5, batch_size=2, digits=2)
+
+
+LOOPS = ["ch05 train_model_simple", "ch06 train_classifier_simple", "appendix D train_model", "appendix F train_sft"]
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_every_training_loop_stops_at_a_non_finite_loss_before_the_update(name):
+    cfg = appf.reasoner_config(digits=2) if name.startswith("appendix F") else dict(CFG, vocab_size=100, n_layers=1)
+    model = nan_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=r"the training loss became nan at step \d+ \(learning rate "):
+        run_loop(name, model, optimizer)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or (before[k].isnan() == after[k].isnan()).all() for k in before)
+    assert not optimizer.state  # no step was taken

@@ -642,7 +642,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_ddp_script(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error: " in line]
-    assert errors == ["error: the training loss became nan in epoch 1, batch 2 (--lr 0.5, mean over 2 "
+    assert errors == ["error: the training loss became nan in epoch 1, batch 2 (learning rate 0.5, mean over 2 "
                       "processes); lower --lr"], result.stderr
     assert "train accuracy" not in result.stdout
 
