@@ -376,6 +376,9 @@ def run_script(main, expected=(ValueError,), skip_teardown=None):
     sys.exit(code)
 
 
+MAX_NEW_TOKENS = 10_000  # scripts that print a generated text only at the end cap --max-new-tokens here
+
+
 def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
     """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
     if value is None:

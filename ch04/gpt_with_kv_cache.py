@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from previous_chapters import (GPT_CONFIG_124M, MultiHeadAttention, check_context_length, check_range, load_weights,
-                               read_checkpoint, run_script)
+from previous_chapters import (GPT_CONFIG_124M, MAX_NEW_TOKENS, MultiHeadAttention, check_context_length, check_range,
+                               load_weights, read_checkpoint, run_script)
 from previous_chapters import GPTModel as ChapterGPTModel
 from previous_chapters import TransformerBlock as ChapterTransformerBlock
 
@@ -174,7 +174,8 @@ def checkpoint_hint():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default="Hello, I am")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=20,
+                        help=f"tokens to generate, 0 to {MAX_NEW_TOKENS:,} (printed at the end)")
     parser.add_argument("--context-size", type=int, default=GPT_CONFIG_124M["context_length"])
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
     parser.add_argument("--checkpoint", type=Path,
@@ -182,7 +183,7 @@ def main(argv=None):
                              "dict, not a gpt_train.py checkpoint (checked before the model is built)")
     parser.add_argument("--seed", type=int, default=123, help="seed for the random weights")
     args = parser.parse_args(argv)
-    check_range(parser, args, ["max_new_tokens"], 0)
+    check_range(parser, args, ["max_new_tokens"], 0, MAX_NEW_TOKENS)
     check_range(parser, args, ["context_size"], 1, GPT_CONFIG_124M["context_length"])
     if not args.prompt:
         parser.error("--prompt must not be empty")

@@ -21,13 +21,10 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from previous_chapters import (DownloadError, GPT2_SIZES, GPTModel, check_model_size, generate, gpt2_config,
-                               load_gpt2_from_dir, load_gpt2_params_or_standin, load_hf_safetensors_into_gpt,
-                               load_weights_into_gpt, pick_device, range_error, run_script, text_to_token_ids,
-                               token_ids_to_text)
-
-MAX_NEW_TOKENS = 10_000  # the whole answer is printed at the end: cap it so a typo cannot run for hours
-
+from previous_chapters import (MAX_NEW_TOKENS, DownloadError, GPT2_SIZES, GPTModel, check_model_size, generate,
+                               gpt2_config, load_gpt2_from_dir, load_gpt2_params_or_standin,
+                               load_hf_safetensors_into_gpt, load_weights_into_gpt, pick_device, range_error,
+                               run_script, text_to_token_ids, token_ids_to_text)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
