@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from previous_chapters import (GPTModel, add_overwrite_argument, check_output, check_range, greedy_accuracy,
-                               load_weights, make_problems, pick_device, read_checkpoint, reasoner_config,
+                               make_problems, model_from_checkpoint, pick_device, read_checkpoint, reasoner_config,
                                sample_traces, save_atomic, train_grpo, train_sft)
 
 
@@ -87,13 +87,7 @@ def load_checkpoint(path, flag, device):
     """(model, checkpoint dict) from a file this script saved; ValueError naming `flag` otherwise."""
     ckpt = read_checkpoint(path, flag, ("model", "config", "digits"), device,
                            expected="a checkpoint that train_reasoner.py --output saved (model, config and digits)")
-    try:
-        model = GPTModel(ckpt["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a GPTModel ({type(exc).__name__}: "
-                         f"{str(exc)[:120]})") from None
-    load_weights(model, ckpt["model"], flag, path, hint="its weights do not fit its own config entry")
-    return model.to(device), ckpt
+    return model_from_checkpoint(GPTModel, ckpt, flag, path).to(device), ckpt
 
 
 def save_checkpoint(path, model, config, digits, method):

@@ -586,6 +586,17 @@ def load_weights(model, state_dict, flag, path, hint="", load=None):
     return model
 
 
+def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
+    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
+    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
+    try:
+        model = model_cls(ckpt["config"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
+        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
+
+
 def add_pretraining_arguments(parser, model_sizes, output_dir):
     """Add the options shared by the pretraining scripts to an argparse parser."""
     p = parser.add_argument

@@ -591,6 +591,17 @@ def load_weights(model, state_dict, flag, path, hint="", load=None):
     return model
 
 
+def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
+    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
+    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
+    try:
+        model = model_cls(ckpt["config"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
+        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
+
+
 def add_pretraining_arguments(parser, model_sizes, output_dir):
     """Add the options shared by the pretraining scripts to an argparse parser."""
     p = parser.add_argument
@@ -1837,12 +1848,7 @@ def load_finetuned(path, device="cpu", flag="checkpoint"):
     # Read with chapter 1's read_checkpoint (weights only); errors name `flag` (a script's --checkpoint).
     state = read_checkpoint(path, flag, ("model", "config"), device,
                             expected="the model.pth that save_finetuned (gpt_instruction_finetune.py) writes")
-    try:
-        model = GPTModel(state["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a GPTModel ({type(exc).__name__}: "
-                         f"{str(exc)[:120]})") from None
-    load_weights(model, state["model"], flag, path, hint="its weights do not fit its own config entry")
+    model = model_from_checkpoint(GPTModel, state, flag, path)
     model.to(device).eval()
     extra = {k: v for k, v in state.items() if k not in ("model", "config")}
     return model, state["config"], extra
