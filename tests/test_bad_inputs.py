@@ -380,6 +380,8 @@ CASES_LOADER = [
     ("ch07/chat.py", "--checkpoint", "state_dict.pth", "a state dict (model weights only) where a full checkpoint"),
     ("ch07/chat.py", "--checkpoint", "other_config.pth", "holds weights of another configuration"),
     ("ch07/evaluate.py", "--checkpoint", "truncated.pth", "truncated or corrupt"),
+    ("ch07/chat.py", "--checkpoint", "bad_config.pth", "its config cannot build a GPTModel (ValueError: the "
+                                                        "configuration lacks n_heads"),
     ("appendix-F/train_reasoner.py", "--grpo-from", "tensor.pth", "not a checkpoint of this script (a Tensor)"),
     ("appendix-F/train_reasoner.py", "--grpo-from", "gpt_train.pth", "not a checkpoint of this script (a dict without digits"),
     ("appendix-F/train_reasoner.py", "--grpo-from", "other_config.pth", "holds weights of another configuration"),
@@ -401,7 +403,7 @@ def make_loader_file(name, folder, script):
     if name == "folder":
         path.mkdir()
         return path
-    if name not in ("objects.pth", "gpt_train.pth", "other_config.pth"):
+    if name not in ("objects.pth", "gpt_train.pth", "other_config.pth", "bad_config.pth"):
         return make_bad_checkpoint(name, folder)
     pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_bad_inputs")
     torch.manual_seed(0)
@@ -413,6 +415,9 @@ def make_loader_file(name, folder, script):
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": LOADER_CFG,
                     "model_size": "tiny", "world_size": 1, "tie_weights": False, "epoch": 1, "global_step": 3,
                     "tokens_seen": 96, "train_losses": [], "val_losses": [], "track_tokens_seen": []}, path)
+    elif name == "bad_config.pth":  # an edited config entry: a key missing
+        torch.save({"model": model.state_dict(), "config": {k: v for k, v in LOADER_CFG.items() if k != "n_heads"}},
+                   path)
     elif script.endswith("gpt_with_kv_cache.py"):
         torch.save(model.state_dict(), path)
     else:
