@@ -23,7 +23,7 @@ import torch
 from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, add_overwrite_argument, add_pretraining_arguments,
                                check_output, check_pretraining_arguments, check_range, check_schedule,
                                create_dataloader_v1, download_file, pick_device, plot_losses, plot_lr_schedule,
-                               pretraining_config, read_text, run_script, save_atomic, train_model)
+                               pretraining_config, read_text, run_script, save_atomic, save_figure, train_model)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 OUTPUT_NAMES = ("model.pth", "history.json", "loss.png", "lr.png")  # what a run leaves in --output-dir
@@ -97,9 +97,8 @@ def save_outputs(args, config, model, history, warmup_steps):
         {"settings": vars(args), "warmup_steps": warmup_steps, **history}, indent=1, default=str), encoding="utf-8"))
     epochs = torch.linspace(0, args.epochs, len(history["train_losses"]))
     fig = plot_losses(epochs, history["tokens_seen"], history["train_losses"], history["val_losses"])
-    save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    fig = plot_lr_schedule(history["lrs"], warmup_steps)
-    save_atomic(out / "lr.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    save_figure(fig, out / "loss.png")
+    save_figure(plot_lr_schedule(history["lrs"], warmup_steps), out / "lr.png")
     for name in OUTPUT_NAMES:
         print(f"saved {out / name}")
 

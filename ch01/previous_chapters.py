@@ -478,6 +478,17 @@ def save_atomic(path, write):
         Path(tmp).unlink(missing_ok=True)  # only left over if write failed
 
 
+def save_figure(fig, path, dpi=120):
+    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
 
 

@@ -38,7 +38,7 @@ from previous_chapters import (GPT2_SIZES, DownloadError, FastGPTModel, GPTDatas
                                check_output, check_pretraining_arguments, distributed_env, download_file,
                                evaluate_model, generate_sample, launch, load_chapter_weights, load_weights,
                                maybe_compile, pick_device, plot_losses, pretraining_config, read_checkpoint,
-                               read_text, report_bf16, save_atomic, train_model_simple, training_view)
+                               read_text, report_bf16, save_atomic, save_figure, train_model_simple, training_view)
 
 MODEL_SIZES = {"tiny": {"emb_dim": 32, "n_layers": 2, "n_heads": 2}, **GPT2_SIZES}
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -255,7 +255,7 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
         matplotlib.use("Agg")  # files only, no window
         epochs = torch.linspace(0, state["epoch"], len(state["train_losses"]))
         fig = plot_losses(epochs, state["track_tokens_seen"], state["train_losses"], state["val_losses"])
-        save_atomic(out / "loss.png", lambda tmp: fig.savefig(tmp, dpi=120))
+        save_figure(fig, out / "loss.png")
         print(f"saved loss plot: {out / 'loss.png'}")
     samples_path = out / "samples.txt"
     earlier = ""

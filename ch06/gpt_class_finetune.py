@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from previous_chapters import (GPT2_SIZES, SPLIT_NAMES, TRAINABLE_CHOICES, DownloadError, GPTModel, SpamDataset,
                                add_fast_path_arguments, add_overwrite_argument, calc_accuracy_loader, check_output,
                                fast_from_chapter, fresh_run_dir, load_pretrained_gpt2, pick_device, plot_values,
-                               prepare_classifier, prepare_spam_csvs, report_bf16, save_atomic,
+                               prepare_classifier, prepare_spam_csvs, report_bf16, save_atomic, save_figure,
                                train_classifier_simple, training_view)
 
 CHECKPOINT_NAME = "classifier.pth"
@@ -161,7 +161,6 @@ def save_outputs(out, model, config, args, max_length, is_standin, metrics, hist
                 lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
 
     train_losses, val_losses, train_accs, val_accs, examples_seen = history
     for name, train_values, val_values, first_epoch in (("loss", train_losses, val_losses, 0),
@@ -170,8 +169,7 @@ def save_outputs(out, model, config, args, max_length, is_standin, metrics, hist
         epochs = torch.linspace(first_epoch * args.epochs / max(n, 1), args.epochs, n)
         seen = torch.linspace(first_epoch * examples_seen / max(n, 1), examples_seen, n)
         fig = plot_values(epochs, seen, train_values, val_values, label=name)
-        save_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
-        plt.close(fig)
+        save_figure(fig, out / f"{name}.png")
 
 
 def run(args):

@@ -34,7 +34,7 @@ from previous_chapters import (GPT2_SIZES, DownloadError, GPTModel, InstructionD
                                download_file, fast_from_chapter, format_input, fresh_run_dir,
                                generate_and_print_sample, generate_test_responses, instruction_collate,
                                load_instruction_data, load_pretrained_gpt2, pick_device, plot_losses, report_bf16,
-                               response_nll, run_script, save_atomic, save_finetuned, save_json, split_data,
+                               response_nll, run_script, save_figure, save_finetuned, save_json, split_data,
                                train_model_simple, training_view)
 
 TINY = {"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "qkv_bias": True}
@@ -101,14 +101,9 @@ def save_loss_plot(path, epochs, train_losses, val_losses, tokens_seen):
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
 
     fig = plot_losses(torch.linspace(0, epochs, len(train_losses)), tokens_seen, train_losses, val_losses)
-    try:
-        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-        return path
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def main(argv=None):

@@ -489,3 +489,26 @@ def test_read_text_names_the_option_and_the_file_for_files_that_are_not_text(tmp
     for name, message in cases:
         with pytest.raises(ValueError, match=message):
             pc.read_text([tmp_path / name], flag="--data")
+
+
+def test_save_figure_writes_a_png_atomically_and_closes_the_figure(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    target = pc.save_figure(fig, tmp_path / "loss.png")
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig.number not in plt.get_fignums()  # closed: a script drawing many figures leaks none
+    before = target.read_bytes()
+    fig, ax = plt.subplots()
+
+    def fail(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
+    with pytest.raises(OSError):
+        pc.save_figure(fig, target)
+    assert target.read_bytes() == before and fig.number not in plt.get_fignums()
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]
