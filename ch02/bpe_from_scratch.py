@@ -40,13 +40,11 @@ file renamed into place).
 import argparse
 import heapq
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import regex
 
-from previous_chapters import read_text, save_atomic  # chapter 1's script helpers
+from previous_chapters import check_output, read_text, save_atomic  # chapter 1's script helpers
 
 # GPT-2's pre-tokenization pattern: contractions, letters, numbers, other symbols (each with
 # an optional leading space), then whitespace (a run of spaces keeps its last space for the
@@ -466,25 +464,6 @@ def _gpt2_tokenizer():
 MAX_VOCAB_SIZE = 1_000_000  # GPT-2 has 50,257 ids, the largest common vocabularies about 256,000
 
 
-def output_problem(path, overwrite):
-    """None if the tokenizer can be written to `path` (a file in an existing, writable folder that
-    does not hold it yet, unless `overwrite`); else why not. Creates nothing that stays."""
-    if path.is_dir():
-        return f"output {path} is a folder; give a file name such as {path / 'tokenizer.json'}"
-    if path.exists() and not overwrite:
-        return f"output {path} already exists; pass --overwrite to replace it, or choose another name"
-    if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        return f"output {path}: the folder {path.parent} {what}"
-    try:
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"output {path}: the folder {path.parent} cannot be written ({exc.strerror or exc})"
-    return None
-
-
 def load_tokenizer_file(path):
     """BPETokenizer().load(path), with every problem a ValueError naming --tokenizer."""
     path = Path(path)
@@ -532,9 +511,9 @@ def main(argv=None):
     if not low <= args.vocab_size <= MAX_VOCAB_SIZE:
         tr.error(f"vocab_size must lie in [{low}, {MAX_VOCAB_SIZE}] (256 byte tokens + merges + "
                  f"<|endoftext|>), got {args.vocab_size}")
-    problem = output_problem(args.output, args.overwrite)
-    if problem:
-        tr.error(problem)
+    if not args.output.parent.exists():  # save_atomic writes beside the file: the folder must exist
+        tr.error(f"output {args.output}: the folder {args.output.parent} does not exist")
+    check_output(tr, "output", args.output, overwrite=args.overwrite)  # a folder, unwritable, or existing
     if path.resolve() == args.output.resolve():
         tr.error(f"output {args.output} is the input file; choose another name")
     text = read_text([path], flag="input")  # a ValueError naming the file if it is not UTF-8 text

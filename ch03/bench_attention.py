@@ -17,7 +17,7 @@ import time
 import torch
 
 from efficient_attention import IMPLEMENTATIONS, from_chapter
-from previous_chapters import MultiHeadAttention, memory_error, pick_device, run_script
+from previous_chapters import MultiHeadAttention, check_range, memory_error, pick_device, run_script
 
 
 def parse_args(argv=None):
@@ -29,19 +29,14 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads, at least 1 (default: PyTorch's)")
+                        help="torch.set_num_threads, 1 to the number of CPUs (default: PyTorch's)")
     parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS),
                         help="implementations to time (the chapter's is always included as the reference)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (chapter 1's pick_device)")
     args = parser.parse_args(argv)
-    for name in ("batch", "tokens", "emb_dim", "heads", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.threads is not None and not 1 <= args.threads <= (os.cpu_count() or 1):
-        parser.error(f"--threads must lie in [1, {os.cpu_count() or 1}] (this machine's CPUs; leave it out for "
-                     f"PyTorch's default), got {args.threads}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be at least 0, got {args.warmup}")
+    check_range(parser, args, ("batch", "tokens", "emb_dim", "heads", "repeats"), 1)
+    check_range(parser, args, ("threads",), 1, os.cpu_count() or 1)  # far more threads than CPUs can crash
+    check_range(parser, args, ("warmup",), 0)
     if args.emb_dim % args.heads:
         parser.error(f"--emb-dim ({args.emb_dim}) must be divisible by --heads ({args.heads})")
     try:

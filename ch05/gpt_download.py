@@ -16,13 +16,10 @@ per-tensor checksums). The code itself lives in chapter 5's notebook, section 5.
 "export"), and reaches this script through the generated previous_chapters.py.
 """
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
 from previous_chapters import (DownloadError, GPT2_FILES, GPT2_SIZES, GPT2_URLS, check_model_size,  # noqa: F401
-                               download_and_load_gpt2, gpt2_models_dir, gpt2_remote_file, load_gpt2_from_dir,
-                               load_gpt2_params_from_tf_ckpt, run_script)
+                               check_output, check_range, download_and_load_gpt2, gpt2_models_dir,
+                               gpt2_remote_file, load_gpt2_from_dir, load_gpt2_params_from_tf_ckpt, run_script)
 
 
 def count_arrays(params):
@@ -33,24 +30,6 @@ def count_arrays(params):
         counts = [count_arrays(p) for p in params]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
     return 1, params.size
-
-
-def models_dir_problem(path, model_size):
-    """None if the files of `model_size` can be written under the folder `path` (or in its nearest
-    existing parent, where the folders will be created); else why not. Creates nothing that stays."""
-    target = Path(path) / model_size
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"--models-dir {path}: {existing} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"--models-dir {path} cannot be created or written: {exc.strerror or exc}"
-    return None
 
 
 def main(argv=None):
@@ -64,14 +43,12 @@ def main(argv=None):
         check_model_size(args.model_size)
     except ValueError as exc:
         p.error(f"--model-size: {exc}")
-    if not 1 <= args.retries <= 100:
-        p.error(f"--retries must lie in [1, 100], got {args.retries}")
+    check_range(p, args, ("retries",), 1, 100)
     if args.models_dir is not None and not args.models_dir.strip():
         p.error(f"--models-dir must name a folder, got {args.models_dir!r}")
-    problem = models_dir_problem(gpt2_models_dir(args.models_dir), args.model_size)  # before downloading
-    if problem:
-        p.error(problem if args.models_dir is not None else problem.replace("--models-dir", "the download cache"))
     target = gpt2_models_dir(args.models_dir) / args.model_size
+    where = "--models-dir" if args.models_dir is not None else "the download cache"
+    check_output(p, where, target, names=())  # a file in the way, or not writable: before downloading
     created = [d for d in (target, *target.parents) if not d.exists()]  # folders this run will make
     try:
         settings, params = download_and_load_gpt2(args.model_size, args.models_dir, retries=args.retries)
@@ -81,8 +58,8 @@ def main(argv=None):
                 folder.rmdir()
         raise
     except ValueError as exc:  # files there, but not a readable GPT-2 checkpoint
-        where = f"--models-dir {args.models_dir}" if args.models_dir is not None else "the download cache"
-        raise ValueError(f"{where}: {exc}") from None
+        named = where if args.models_dir is None else f"{where} {args.models_dir}"
+        raise ValueError(f"{named}: {exc}") from None
     n_arrays, n_values = count_arrays(params)
     print(f"GPT-2 {args.model_size}: {settings}")
     print(f"read {n_arrays} arrays holding {n_values:,} values "
