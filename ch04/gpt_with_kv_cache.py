@@ -200,7 +200,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = GPTModel(GPT_CONFIG_124M)
     if state_dict is not None:
-        load_weights(model, state_dict, "--checkpoint", args.checkpoint, hint=checkpoint_hint())
+        model.load_state_dict(state_dict)  # names and shapes checked above
     model.eval()
     start = time.perf_counter()
     out = generate_text_simple(model, torch.tensor([ids]), args.max_new_tokens, args.context_size,

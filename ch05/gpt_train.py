@@ -142,9 +142,8 @@ def check_configuration(ckpt, path, config, tie_weights=False):
                          f"--context-length (and --tie-weights), or start a new run")
 
 
-def load_checkpoint(ckpt, path, config, model, optimizer, tie_weights=False):
-    """Load a checkpoint read by read_checkpoint into model and optimizer, if its configuration fits."""
-    check_configuration(ckpt, path, config, tie_weights)
+def load_checkpoint(ckpt, path, model, optimizer):
+    """Load a checkpoint read by read_checkpoint (its configuration checked) into model and optimizer."""
     load_weights(model, ckpt["model"], "--resume", path,  # GPTModel or FastGPTModel: the same names
                  load=lambda state_dict: load_chapter_weights(model, state_dict))
     try:
@@ -192,7 +191,7 @@ def main(argv=None):
                                       fused=device.type in ("cpu", "cuda"))  # one kernel: much faster
         state = {"epoch": 0}  # train_model_simple adds the rest of the progress
         if args.resume is not None:
-            load_checkpoint(ckpt, args.resume, config, model, optimizer, args.tie_weights)
+            load_checkpoint(ckpt, args.resume, model, optimizer)
             state = {k: ckpt[k] for k in ("epoch", "global_step", "tokens_seen",
                                           "train_losses", "val_losses", "track_tokens_seen")}
             log(f"resumed from {args.resume.name} after epoch {state['epoch']}")
