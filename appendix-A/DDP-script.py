@@ -117,7 +117,7 @@ def train(args, rank, world_size, device):
         for features, labels in loader:
             features, labels = features.to(device), labels.to(device)
             loss = F.cross_entropy(ddp_model(features), labels)
-            # every rank stops together instead of training on NaN (ch01/script-helpers.ipynb)
+            # every rank stops together instead of training on NaN (ch01/how-the-scripts-are-built.ipynb)
             check_finite_loss(loss, f"in epoch {epoch + 1}, batch {batches + 1}", args.lr, world_size, "lower --lr")
             optimizer.zero_grad()
             loss.backward()  # DDP averages the gradients over all ranks here
@@ -163,5 +163,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()  # bad arguments stop here, once, before any process starts
-    # each process leaves without the interpreter teardown: gloo's threads can abort it (ch01/script-helpers.ipynb)
+    # each process leaves without the interpreter teardown: gloo's threads can abort it (ch01/how-the-scripts-are-built.ipynb)
     launch(main, sys.argv[1:], args.nproc_per_node, skip_teardown=True)

@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/script-helpers.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -213,7 +213,7 @@ def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, pr
         + ",\nor set LLMS_MIRROR to a folder that holds it.")
 
 
-# ---- from ch01/script-helpers.ipynb ----
+# ---- from ch01/how-the-scripts-are-built.ipynb ----
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 

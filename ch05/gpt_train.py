@@ -268,5 +268,5 @@ def save_outputs(args, config, model, optimizer, state, samples, world_size):
 if __name__ == "__main__":
     args = parse_args()  # bad arguments stop here, once, before any process starts
     # --nproc-per-node > 1: launch starts the processes; each (like each torchrun process) leaves
-    # without the interpreter teardown, during which gloo's threads can abort it (ch01/script-helpers.ipynb)
+    # without the interpreter teardown, during which gloo's threads can abort it (ch01/how-the-scripts-are-built.ipynb)
     launch(main, sys.argv[1:], args.nproc_per_node, expected=(ValueError, DownloadError))

@@ -1,4 +1,4 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/script-helpers.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch05/fast-path.ipynb, ch06/ch06.ipynb.
+# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch05/fast-path.ipynb, ch06/ch06.ipynb.
 # Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
 
 import os
@@ -219,7 +219,7 @@ def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, pr
         + ",\nor set LLMS_MIRROR to a folder that holds it.")
 
 
-# ---- from ch01/script-helpers.ipynb ----
+# ---- from ch01/how-the-scripts-are-built.ipynb ----
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -1017,6 +1017,30 @@ def token_ids_to_text(token_ids, tokenizer):
         raise ValueError(f"expected one sequence, shape (1, n_tokens) or (n_tokens,), got {tuple(token_ids.shape)}; "
                          "decode a batch row by row")
     return tokenizer.decode(token_ids.squeeze(0).tolist())
+
+
+def calc_loss_batch(input_batch, target_batch, model, device):
+    """Cross-entropy of the model's next-token predictions for one batch."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader, model, device, num_batches=None):
+    """Average loss over the first `num_batches` batches of `data_loader` (all if None)."""
+    if len(data_loader) == 0:
+        raise ValueError("the data loader yields no batches: its text is shorter than one batch "
+                         "(batch_size windows of max_length + 1 tokens); use a longer text or a "
+                         "smaller batch size or context length")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be at least 1, got {num_batches}")
+    total = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total / num_batches
 
 
 def evaluate_model(model, train_loader, val_loader, device, eval_iter):
@@ -1818,14 +1842,14 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None, pad_token
     return correct / seen
 
 
-def calc_loss_batch(input_batch, target_batch, model, device, pad_token_id=50256, position="last"):
+def calc_class_loss_batch(input_batch, target_batch, model, device, pad_token_id=50256, position="last"):
     """Cross-entropy of the class scores at each message's last real token (or first token)."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = classification_logits(model, input_batch, pad_token_id, position)  # (batch, num_classes)
     return torch.nn.functional.cross_entropy(logits, target_batch)
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None, pad_token_id=50256, position="last"):
+def calc_class_loss_loader(data_loader, model, device, num_batches=None, pad_token_id=50256, position="last"):
     """Average classification loss over the first `num_batches` batches (all if None)."""
     if len(data_loader) == 0:
         raise ValueError("the data loader yields no batches: the split has fewer messages than one batch")
@@ -1834,7 +1858,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None, pad_token_id=
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i >= num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model, device, pad_token_id, position).item()
+        total += calc_class_loss_batch(input_batch, target_batch, model, device, pad_token_id, position).item()
     return total / num_batches
 
 
@@ -1842,8 +1866,8 @@ def evaluate_classifier(model, train_loader, val_loader, device, eval_iter, pad_
     """Training and validation loss on the first `eval_iter` batches, without dropout or gradients."""
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pad_token_id, position)
-        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pad_token_id, position)
+        train_loss = calc_class_loss_loader(train_loader, model, device, eval_iter, pad_token_id, position)
+        val_loss = calc_class_loss_loader(val_loader, model, device, eval_iter, pad_token_id, position)
     model.train()
     return train_loss, val_loss
 
@@ -1865,7 +1889,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}",
                                               disable=not progress):
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device, pad_token_id, position)
+            loss = calc_class_loss_batch(input_batch, target_batch, model, device, pad_token_id, position)
             check_finite_loss(loss, f"at step {global_step + 1}", optimizer.param_groups[0]["lr"])
             loss.backward()
             optimizer.step()

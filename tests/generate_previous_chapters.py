@@ -43,7 +43,7 @@ BUILDS_ON = {
     "appendix-F": _UP_TO_5,
 }
 # Notebooks that export, per folder (the main notebook unless listed here).
-EXPORTING_NOTEBOOKS = {"ch01": ["ch01/ch01.ipynb", "ch01/download-helper.ipynb", "ch01/script-helpers.ipynb"],
+EXPORTING_NOTEBOOKS = {"ch01": ["ch01/ch01.ipynb", "ch01/download-helper.ipynb", "ch01/how-the-scripts-are-built.ipynb"],
                        "ch05": ["ch05/ch05.ipynb", "ch05/fast-path.ipynb"]}
 
 

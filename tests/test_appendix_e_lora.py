@@ -65,7 +65,7 @@ def test_every_linear_is_wrapped_once():
 def test_gradients_reach_only_a_and_b():
     model = randomise_b(lora_classifier())
     model.train()
-    loss = pc.calc_loss_batch(batch(), torch.tensor([0, 1, 1]), model, "cpu")
+    loss = pc.calc_class_loss_batch(batch(), torch.tensor([0, 1, 1]), model, "cpu")
     loss.backward()
     for name, param in model.named_parameters():
         is_lora = name.endswith(".lora.A") or name.endswith(".lora.B")

@@ -559,7 +559,7 @@ def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
 
 # ---- Launching several processes (issue 19, item 14), agreeing on a non-finite loss, and
 # --resume keeping the checkpoint's optimizer settings unless typed. The scripts start their own
-# processes (--nproc-per-node, ch01/script-helpers.ipynb's launch): bad arguments stop in the parent
+# processes (--nproc-per-node, ch01/how-the-scripts-are-built.ipynb's launch): bad arguments stop in the parent
 # before any process starts; an error in the processes ends as one `error:` line and exit code 2.
 import os  # noqa: E402
 import socket  # noqa: E402

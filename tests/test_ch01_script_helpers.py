@@ -1,5 +1,5 @@
 """The helpers the scripts share instead of retyping them: chapter 1's pick_device(name),
-ch01/script-helpers.ipynb's exports (torchrun's environment, the error convention, range checks,
+ch01/how-the-scripts-are-built.ipynb's exports (torchrun's environment, the error convention, range checks,
 the training text, atomic saves, the pretraining options, output folders), chapter 3's check_context_length,
 chapter 4's attention_cls/block_cls and chapter 5's train_model_simple hooks used by --resume."""
 import argparse

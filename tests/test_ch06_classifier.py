@@ -151,6 +151,6 @@ def test_loss_and_accuracy_of_an_empty_loader_are_clear_errors():
     empty = DataLoader(pc.SpamDataset(pd.DataFrame({"Text": ["a"], "Label": [0]}), tokenizer),
                        batch_size=8, drop_last=True)
     model = pc.prepare_classifier(tiny_model())
-    for fn in (pc.calc_accuracy_loader, pc.calc_loss_loader):
+    for fn in (pc.calc_accuracy_loader, pc.calc_class_loss_loader):
         with pytest.raises(ValueError, match="no batches"):
             fn(empty, model, "cpu")
