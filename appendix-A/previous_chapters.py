@@ -1,19 +1,17 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb, appendix-A/appendix-A.ipynb.
-# Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
+# Generated from the cells tagged "export" in the notebooks below: only what this folder's
+# notebooks and scripts use. Edit the notebooks, not this file; regenerate with:
+#     python tests/generate_previous_chapters.py
+#
+# ch01/ch01.ipynb: pick_device
+# appendix-A/appendix-A.ipynb: NeuralNetwork, make_toy_data, ToyDataset, compute_accuracy
+# ch01/how-the-scripts-are-built.ipynb (the scripts' tooling, not a lesson): TORCHRUN_VARS,
+#     distributed_env, exit_without_teardown, MAX_NPROC, ScriptArgumentParser, nproc_count,
+#     add_nproc_argument, free_port, launch_worker, stop_workers, launch, run_script,
+#     check_finite_loss
 
 import os
 import torch
-import hashlib
-import http.client
-import shutil
-import tempfile
 import time
-import urllib.error
-import urllib.request
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
-from tqdm import tqdm
 import sys
 import argparse
 import multiprocessing
@@ -21,9 +19,6 @@ import multiprocessing.util
 import signal
 import socket
 from multiprocessing.connection import wait
-import math
-import pickle
-import re
 from torch.utils.data import Dataset
 
 
@@ -63,152 +58,71 @@ def pick_device(name="auto", local_rank=0):
     return device
 
 
-# ---- from ch01/download-helper.ipynb ----
+# ---- from appendix-A/appendix-A.ipynb ----
 
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str                # file name in the cache and in a mirror folder
-    urls: tuple              # primary URL first, then backups
-    sha256: str = None       # of the content we use (for a zip: of `member`)
-    size: int = None         # in bytes; checked when no sha256 is known
-    member: str = None       # for a zip archive: the file inside it that we keep
+class NeuralNetwork(torch.nn.Module):
+    """A multilayer perceptron: num_inputs -> 30 -> 20 -> num_outputs, ReLU in between."""
 
+    def __init__(self, num_inputs, num_outputs):
+        super().__init__()
+        if num_inputs < 1 or num_outputs < 1:
+            raise ValueError(f"num_inputs and num_outputs must be >= 1, got {num_inputs} and {num_outputs}")
+        self.layers = torch.nn.Sequential(
+            # first hidden layer
+            torch.nn.Linear(num_inputs, 30),
+            torch.nn.ReLU(),
+            # second hidden layer
+            torch.nn.Linear(30, 20),
+            torch.nn.ReLU(),
+            # output layer: one logit per class
+            torch.nn.Linear(20, num_outputs),
+        )
 
-_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
-_BOOK_CDN = "https://cdn.jsdelivr.net/gh/rasbt/LLMs-from-scratch@main/"
-_OPENAI = "https://openaipublic.blob.core.windows.net/gpt-2/"
-
-KNOWN_FILES = {f.name: f for f in [
-    RemoteFile("the-verdict.txt",
-               (_BOOK + "ch02/01_main-chapter-code/the-verdict.txt",
-                _BOOK_CDN + "ch02/01_main-chapter-code/the-verdict.txt"),
-               sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"),
-    RemoteFile("sms+spam+collection.zip",
-               ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
-                "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip"),
-               sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
-               member="SMSSpamCollection"),
-    RemoteFile("instruction-data.json",
-               (_BOOK + "ch07/01_main-chapter-code/instruction-data.json",
-                _BOOK_CDN + "ch07/01_main-chapter-code/instruction-data.json"),
-               sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"),
-    RemoteFile("encoder.json", (_OPENAI + "models/124M/encoder.json", _OPENAI + "encodings/main/encoder.json"),
-               sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    RemoteFile("vocab.bpe", (_OPENAI + "models/124M/vocab.bpe", _OPENAI + "encodings/main/vocab.bpe"),
-               sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-]}
+    def forward(self, x):
+        return self.layers(x)
 
 
-class DownloadError(RuntimeError):
-    """Every source of a file failed; the message says what was tried and what to do."""
+def make_toy_data():
+    """Return (X_train, y_train, X_test, y_test): 8 + 4 points in 2D, two well-separated classes."""
+    X_train = torch.tensor([
+        [-1.2, 3.1], [2.3, -1.1], [-0.9, 2.9], [2.7, -1.5],
+        [-0.5, 2.6], [1.9, -0.8], [-1.5, 2.2], [3.1, -1.3],
+    ])
+    y_train = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    X_test = torch.tensor([[-0.8, 2.8], [2.6, -1.6], [-1.1, 2.4], [2.2, -0.9]])
+    y_test = torch.tensor([0, 1, 0, 1])
+    return X_train, y_train, X_test, y_test
 
 
-def cache_dir():
-    return Path(os.environ.get("LLMS_CACHE") or Path.home() / ".cache" / "llms-from-scratch")
+class ToyDataset(Dataset):
+    """A Dataset over a features tensor and a labels tensor with the same number of rows."""
+
+    def __init__(self, features, labels):
+        if len(features) != len(labels):
+            raise ValueError(f"features has {len(features)} rows but labels has {len(labels)}")
+        self.features = features
+        self.labels = labels
+
+    def __getitem__(self, index):
+        return self.features[index], self.labels[index]
+
+    def __len__(self):
+        return len(self.labels)
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check(path, remote):
-    """None if the file at `path` is what `remote` promises, else why it is not."""
-    if remote.sha256 is not None:
-        got = _sha256(path)
-        return None if got == remote.sha256 else f"checksum mismatch (sha256 {got[:12]}…, expected {remote.sha256[:12]}…)"
-    if remote.size is not None and path.stat().st_size != remote.size:
-        return f"size mismatch ({path.stat().st_size} bytes, expected {remote.size})"
-    return None
-
-
-def _fetch(url, out, timeout, progress, label):
-    """Stream `url` into the open binary file `out`."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = response.headers.get("Content-Length")
-        total = int(total) if total else None
-        received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
-            for chunk in iter(lambda: response.read(1 << 16), b""):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and received != total:
-        raise ConnectionError(f"truncated download: got {received} of {total} bytes")
-
-
-def _install(candidate, remote, target):
-    """Verify `candidate` (the downloaded file) and atomically move what we keep to `target`."""
-    if remote.member is not None:
-        try:
-            with zipfile.ZipFile(candidate) as zf, zf.open(remote.member) as src:
-                member = candidate.with_name(candidate.name + ".member")
-                with open(member, "wb") as dst:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
-                        dst.write(chunk)
-        except (zipfile.BadZipFile, KeyError) as exc:
-            raise ValueError(f"not a zip holding {remote.member!r} ({exc})") from None
-        os.replace(member, candidate)
-    problem = _check(candidate, remote)
-    if problem:
-        raise ValueError(problem)
-    os.replace(candidate, target)
-
-
-def _attempt(source, remote, target, timeout, progress):
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{remote.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(source, Path):
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out)
-            else:
-                _fetch(source, out, timeout, progress, remote.name)
-        _install(Path(tmp), remote, target)
-    finally:
-        for leftover in (Path(tmp), Path(tmp + ".member")):
-            leftover.unlink(missing_ok=True)
-
-
-def _is_transient(exc):
-    """Worth retrying: server errors, dropped or refused connections, timeouts."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500
-    return isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException))
-
-
-def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, progress=True):
-    """Return the path of a verified local copy of `file` (a RemoteFile or a KNOWN_FILES name)."""
-    if isinstance(file, str):
-        if file not in KNOWN_FILES:
-            raise ValueError(f"unknown file {file!r}; known files: {', '.join(KNOWN_FILES)}")
-        file = KNOWN_FILES[file]
-    target = (Path(dest_dir) if dest_dir is not None else cache_dir()) / (file.member or file.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and _check(target, file) is None:
-        return target
-    mirror = os.environ.get("LLMS_MIRROR")
-    failures = []
-    for source in ([Path(mirror) / file.name] if mirror else []) + list(file.urls):
-        attempts = 1 if isinstance(source, Path) else max(1, retries)
-        for attempt in range(1, attempts + 1):
-            try:
-                _attempt(source, file, target, timeout, progress)
-                return target
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                if attempt == attempts or not _is_transient(exc):
-                    failures.append(f"  - {'mirror ' if isinstance(source, Path) else ''}{source}: {exc} "
-                                    f"(attempt {attempt} of {attempts})")
-                    break
-                time.sleep(backoff * 2 ** (attempt - 1))
-    raise DownloadError(
-        f"could not download {file.name!r}. Tried:\n" + "\n".join(failures)
-        + f"\nDownload it by hand from one of the URLs above and save it as {target}"
-        + (f" (the member {file.member!r} of the zip)" if file.member else "")
-        + ",\nor set LLMS_MIRROR to a folder that holds it.")
+def compute_accuracy(model, dataloader, device="cpu"):
+    """Fraction (0.0 to 1.0) of the examples in `dataloader` that `model` classifies correctly."""
+    model.eval()
+    correct, total = 0, 0
+    with torch.no_grad():
+        for features, labels in dataloader:
+            features, labels = features.to(device), labels.to(device)
+            predictions = torch.argmax(model(features), dim=1)
+            correct += (predictions == labels).sum().item()
+            total += len(labels)
+    if total == 0:
+        raise ValueError("compute_accuracy got a data loader with no examples")
+    return correct / total
 
 
 # ---- from ch01/how-the-scripts-are-built.ipynb ----
@@ -374,64 +288,6 @@ def run_script(main, expected=(ValueError,), skip_teardown=None):
     sys.exit(code)
 
 
-MAX_NEW_TOKENS = 10_000  # scripts that print a generated text only at the end cap --max-new-tokens here
-
-
-def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
-    """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        return f"{flag} must be a finite number, got {value}"
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if not (below or above):
-        return None
-    if high is None:
-        rule = "be positive" if low == 0 and low_open else f"be above {low}" if low_open else f"be at least {low}"
-    elif low is None:
-        rule = f"be below {high}" if high_open else f"be at most {high}"
-    else:
-        rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    return f"{flag} must {rule}, got {value}"
-
-
-def check_values(*messages):
-    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
-    for message in messages:
-        if message:
-            raise ValueError(message)
-
-
-def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
-    """parser.error for the first of `names` (attributes of args) whose value is out of range."""
-    for name in names:
-        flag = "--" + name.replace("_", "-")
-        message = range_error(flag, getattr(args, name), low, high, low_open=low_open, high_open=high_open)
-        if message:
-            parser.error(message)
-
-
-def device_memory(device="cpu"):
-    """Bytes of memory of `device`: the GPU's total for CUDA, else the machine's (None where unknown)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def memory_error(what, need, device="cpu"):
-    """None if `need` bytes fit in `device`'s memory (or it is unknown), else a message naming `what`."""
-    have = device_memory(device)
-    if have is None or need <= have:
-        return None
-    where = "this GPU's" if torch.device(device).type == "cuda" else "this machine's"
-    return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
-
-
 def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
     """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
     process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
@@ -443,322 +299,3 @@ def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning 
     if not torch.isfinite(check):
         mean = f", mean over {world_size} processes" if world_size > 1 else ""
         raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
-
-
-def read_text(paths, flag="--text-files"):
-    """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
-    the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""
-    texts = []
-    for path in paths:
-        if not Path(path).is_file():
-            what = f"{path} is a folder, not a text file" if Path(path).is_dir() else f"text file not found: {path}"
-            raise ValueError(f"{flag}: {what}")
-        try:
-            data = Path(path).read_bytes()
-            text = data.decode("utf-8")
-        except OSError as exc:
-            raise ValueError(f"{flag}: {path} cannot be read ({exc.strerror or exc})") from None
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{flag}: {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
-                             f"{exc.start} cannot be decoded (save it as UTF-8)") from None
-        if b"\0" in data:  # valid UTF-8, but no text file holds NUL bytes
-            raise ValueError(f"{flag}: {path} looks binary, not text: a NUL byte at offset {data.index(0)}")
-        texts.append(text)
-    return " <|endoftext|> ".join(texts)
-
-
-def save_atomic(path, write):
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place in one step."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only left over if write failed
-
-
-def save_figure(fig, path, dpi=120):
-    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-
-
-def load_torch_file(path, flag, map_location="cpu"):
-    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
-    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
-    path = Path(path)
-    where = f"{flag} {path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if not head:
-        raise ValueError(f"{where} is an empty file, not a checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
-        if head != ZIP_MAGIC:
-            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
-                         f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception:  # torch's own errors for a damaged archive or another format
-        if head == ZIP_MAGIC:
-            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
-                             f"copy") from None
-        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-
-
-def is_state_dict(obj):
-    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, torch.Tensor) for v in obj.values()))
-
-
-def describe_entries(obj, limit=4):
-    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
-    names = [str(k) for k in obj]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def describe_object(obj):
-    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
-    if not isinstance(obj, dict):
-        return f"a {type(obj).__name__}"
-    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
-
-
-def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
-    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
-
-    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
-    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
-    """
-    obj = load_torch_file(path, flag, map_location)
-    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
-    if keys is None:
-        if is_state_dict(obj):
-            return obj
-        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
-            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
-                             f"(model weights only) was expected; {needs}")
-        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
-    if is_state_dict(obj):
-        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
-                         f"expected: {needs}")
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        held = f"; it holds {describe_entries(obj)}" if obj else ""
-        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
-                         f"{', '.join(missing)}{held}); {needs}")
-    return obj
-
-
-def name_few(names, limit=3):
-    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
-    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
-
-
-def load_weights(model, state_dict, flag, path, hint="", load=None):
-    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
-    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
-    if not is_state_dict(state_dict):
-        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ours]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                if k in state_dict and state_dict[k].shape != v.shape]
-    parts = [f"{label} {name_few(names)}" for label, names in
-             (("missing from the file", missing), ("unexpected", unexpected),
-              ("of another shape (file vs model)", reshaped)) if names]
-    if parts:
-        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
-                         + (f"; {hint}" if hint else ""))
-    (load or model.load_state_dict)(state_dict)
-    return model
-
-
-def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
-    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
-    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
-    try:
-        model = model_cls(ckpt["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
-                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
-
-
-def add_pretraining_arguments(parser, model_sizes, output_dir):
-    """Add the options shared by the pretraining scripts to an argparse parser."""
-    p = parser.add_argument
-    p("--text-files", nargs="+", type=Path, default=None,
-      help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p("--model-size", default="124M", help=f"model configuration, one of: {', '.join(model_sizes)}")
-    p("--context-length", type=int, default=256, help="tokens per training window")
-    p("--epochs", type=int, default=10, help="passes over the training text (in all, counting a resumed run's)")
-    p("--batch-size", type=int, default=2, help="windows per batch and process")
-    p("--lr", type=float, default=4e-4, help="AdamW's learning rate (with a schedule: its peak)")
-    p("--weight-decay", type=float, default=0.1)
-    p("--drop-rate", type=float, default=0.1)
-    p("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p("--output-dir", type=Path, default=Path(output_dir))
-    p("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p("--seed", type=int, default=123)
-    p("--no-progress", action="store_true", help="hide the tqdm progress bars")
-
-
-def check_pretraining_arguments(parser, args, model_sizes):
-    """parser.error for the first shared option that is out of range."""
-    if args.model_size not in model_sizes:
-        parser.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(model_sizes)}")
-    check_range(parser, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(parser, args, ("lr",), 0, low_open=True)
-    check_range(parser, args, ("weight_decay",))
-    check_range(parser, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
-    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
-
-
-def pretraining_config(args, model_sizes):
-    """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
-    return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
-            "drop_rate": args.drop_rate, "qkv_bias": False}
-
-
-def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
-    """None if a run may write its outputs at `path`, else the one message saying why not.
-
-    `path` is a folder receiving the files `names` (made later if missing) or, with names=None,
-    the output file itself. Earlier outputs there are refused unless `overwrite`; `resume`, if
-    given, is the checkpoint that would continue them (named in the message). Creates nothing.
-    """
-    path = Path(path)
-    folder, names = (path.parent, [path.name]) if names is None else (path, list(names))
-    if path.is_dir() and folder != path:
-        return f"{flag} {path} is a folder, not a file"
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{flag} {path} is a file, not a folder" if existing == path else f"{flag} {path}: {existing} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"{flag} {path} cannot be created or written: {exc.strerror or exc}"
-    earlier = [name for name in names if (folder / name).exists()]
-    if earlier and not overwrite:
-        if folder != path:
-            return f"{flag} {path} already exists; use --overwrite or another file name"
-        again = f"continue it with --resume {resume}, or " if resume is not None else ""
-        return (f"{flag} {path} already holds an earlier run's outputs ({', '.join(earlier)}); "
-                f"{again}use --overwrite or another folder")
-    return None
-
-
-def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None):
-    """parser.error with output_problem's message, if there is one."""
-    message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
-    if message:
-        parser.error(message)
-
-
-def fresh_run_dir(root):
-    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
-    root = Path(root)
-    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
-    return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def add_overwrite_argument(parser, what="the output folder"):
-    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
-                             "before any work)")
-
-
-# ---- from appendix-A/appendix-A.ipynb ----
-
-class NeuralNetwork(torch.nn.Module):
-    """A multilayer perceptron: num_inputs -> 30 -> 20 -> num_outputs, ReLU in between."""
-
-    def __init__(self, num_inputs, num_outputs):
-        super().__init__()
-        if num_inputs < 1 or num_outputs < 1:
-            raise ValueError(f"num_inputs and num_outputs must be >= 1, got {num_inputs} and {num_outputs}")
-        self.layers = torch.nn.Sequential(
-            # first hidden layer
-            torch.nn.Linear(num_inputs, 30),
-            torch.nn.ReLU(),
-            # second hidden layer
-            torch.nn.Linear(30, 20),
-            torch.nn.ReLU(),
-            # output layer: one logit per class
-            torch.nn.Linear(20, num_outputs),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-def make_toy_data():
-    """Return (X_train, y_train, X_test, y_test): 8 + 4 points in 2D, two well-separated classes."""
-    X_train = torch.tensor([
-        [-1.2, 3.1], [2.3, -1.1], [-0.9, 2.9], [2.7, -1.5],
-        [-0.5, 2.6], [1.9, -0.8], [-1.5, 2.2], [3.1, -1.3],
-    ])
-    y_train = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
-    X_test = torch.tensor([[-0.8, 2.8], [2.6, -1.6], [-1.1, 2.4], [2.2, -0.9]])
-    y_test = torch.tensor([0, 1, 0, 1])
-    return X_train, y_train, X_test, y_test
-
-
-class ToyDataset(Dataset):
-    """A Dataset over a features tensor and a labels tensor with the same number of rows."""
-
-    def __init__(self, features, labels):
-        if len(features) != len(labels):
-            raise ValueError(f"features has {len(features)} rows but labels has {len(labels)}")
-        self.features = features
-        self.labels = labels
-
-    def __getitem__(self, index):
-        return self.features[index], self.labels[index]
-
-    def __len__(self):
-        return len(self.labels)
-
-
-def compute_accuracy(model, dataloader, device="cpu"):
-    """Fraction (0.0 to 1.0) of the examples in `dataloader` that `model` classifies correctly."""
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad():
-        for features, labels in dataloader:
-            features, labels = features.to(device), labels.to(device)
-            predictions = torch.argmax(model(features), dim=1)
-            correct += (predictions == labels).sum().item()
-            total += len(labels)
-    if total == 0:
-        raise ValueError("compute_accuracy got a data loader with no examples")
-    return correct / total

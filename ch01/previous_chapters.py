@@ -1,5 +1,13 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb.
-# Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
+# Generated from the cells tagged "export" in the notebooks below: only what this folder's
+# notebooks and scripts use. Edit the notebooks, not this file; regenerate with:
+#     python tests/generate_previous_chapters.py
+#
+# ch01/ch01.ipynb: pick_device
+# ch01/download-helper.ipynb: RemoteFile, KNOWN_FILES, DownloadError, cache_dir, download_file
+# ch01/how-the-scripts-are-built.ipynb (the scripts' tooling, not a lesson): TORCHRUN_VARS,
+#     distributed_env, exit_without_teardown, MAX_NPROC, ScriptArgumentParser, nproc_count,
+#     add_nproc_argument, free_port, launch_worker, stop_workers, launch, run_script, range_error,
+#     read_text
 
 import os
 import torch
@@ -22,8 +30,6 @@ import signal
 import socket
 from multiprocessing.connection import wait
 import math
-import pickle
-import re
 
 
 # ---- from ch01/ch01.ipynb ----
@@ -373,9 +379,6 @@ def run_script(main, expected=(ValueError,), skip_teardown=None):
     sys.exit(code)
 
 
-MAX_NEW_TOKENS = 10_000  # scripts that print a generated text only at the end cap --max-new-tokens here
-
-
 def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
     """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
     if value is None:
@@ -393,55 +396,6 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     else:
         rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return f"{flag} must {rule}, got {value}"
-
-
-def check_values(*messages):
-    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
-    for message in messages:
-        if message:
-            raise ValueError(message)
-
-
-def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
-    """parser.error for the first of `names` (attributes of args) whose value is out of range."""
-    for name in names:
-        flag = "--" + name.replace("_", "-")
-        message = range_error(flag, getattr(args, name), low, high, low_open=low_open, high_open=high_open)
-        if message:
-            parser.error(message)
-
-
-def device_memory(device="cpu"):
-    """Bytes of memory of `device`: the GPU's total for CUDA, else the machine's (None where unknown)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def memory_error(what, need, device="cpu"):
-    """None if `need` bytes fit in `device`'s memory (or it is unknown), else a message naming `what`."""
-    have = device_memory(device)
-    if have is None or need <= have:
-        return None
-    where = "this GPU's" if torch.device(device).type == "cuda" else "this machine's"
-    return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
-
-
-def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
-    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
-    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
-    check = loss.detach()
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        check = check.clone()
-        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
-        check /= world_size
-    if not torch.isfinite(check):
-        mean = f", mean over {world_size} processes" if world_size > 1 else ""
-        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
 
 
 def read_text(paths, flag="--text-files"):
@@ -464,233 +418,3 @@ def read_text(paths, flag="--text-files"):
             raise ValueError(f"{flag}: {path} looks binary, not text: a NUL byte at offset {data.index(0)}")
         texts.append(text)
     return " <|endoftext|> ".join(texts)
-
-
-def save_atomic(path, write):
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place in one step."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only left over if write failed
-
-
-def save_figure(fig, path, dpi=120):
-    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-
-
-def load_torch_file(path, flag, map_location="cpu"):
-    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
-    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
-    path = Path(path)
-    where = f"{flag} {path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if not head:
-        raise ValueError(f"{where} is an empty file, not a checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
-        if head != ZIP_MAGIC:
-            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
-                         f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception:  # torch's own errors for a damaged archive or another format
-        if head == ZIP_MAGIC:
-            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
-                             f"copy") from None
-        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-
-
-def is_state_dict(obj):
-    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, torch.Tensor) for v in obj.values()))
-
-
-def describe_entries(obj, limit=4):
-    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
-    names = [str(k) for k in obj]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def describe_object(obj):
-    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
-    if not isinstance(obj, dict):
-        return f"a {type(obj).__name__}"
-    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
-
-
-def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
-    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
-
-    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
-    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
-    """
-    obj = load_torch_file(path, flag, map_location)
-    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
-    if keys is None:
-        if is_state_dict(obj):
-            return obj
-        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
-            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
-                             f"(model weights only) was expected; {needs}")
-        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
-    if is_state_dict(obj):
-        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
-                         f"expected: {needs}")
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        held = f"; it holds {describe_entries(obj)}" if obj else ""
-        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
-                         f"{', '.join(missing)}{held}); {needs}")
-    return obj
-
-
-def name_few(names, limit=3):
-    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
-    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
-
-
-def load_weights(model, state_dict, flag, path, hint="", load=None):
-    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
-    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
-    if not is_state_dict(state_dict):
-        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ours]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                if k in state_dict and state_dict[k].shape != v.shape]
-    parts = [f"{label} {name_few(names)}" for label, names in
-             (("missing from the file", missing), ("unexpected", unexpected),
-              ("of another shape (file vs model)", reshaped)) if names]
-    if parts:
-        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
-                         + (f"; {hint}" if hint else ""))
-    (load or model.load_state_dict)(state_dict)
-    return model
-
-
-def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
-    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
-    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
-    try:
-        model = model_cls(ckpt["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
-                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
-
-
-def add_pretraining_arguments(parser, model_sizes, output_dir):
-    """Add the options shared by the pretraining scripts to an argparse parser."""
-    p = parser.add_argument
-    p("--text-files", nargs="+", type=Path, default=None,
-      help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p("--model-size", default="124M", help=f"model configuration, one of: {', '.join(model_sizes)}")
-    p("--context-length", type=int, default=256, help="tokens per training window")
-    p("--epochs", type=int, default=10, help="passes over the training text (in all, counting a resumed run's)")
-    p("--batch-size", type=int, default=2, help="windows per batch and process")
-    p("--lr", type=float, default=4e-4, help="AdamW's learning rate (with a schedule: its peak)")
-    p("--weight-decay", type=float, default=0.1)
-    p("--drop-rate", type=float, default=0.1)
-    p("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p("--output-dir", type=Path, default=Path(output_dir))
-    p("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p("--seed", type=int, default=123)
-    p("--no-progress", action="store_true", help="hide the tqdm progress bars")
-
-
-def check_pretraining_arguments(parser, args, model_sizes):
-    """parser.error for the first shared option that is out of range."""
-    if args.model_size not in model_sizes:
-        parser.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(model_sizes)}")
-    check_range(parser, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(parser, args, ("lr",), 0, low_open=True)
-    check_range(parser, args, ("weight_decay",))
-    check_range(parser, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
-    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
-
-
-def pretraining_config(args, model_sizes):
-    """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
-    return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
-            "drop_rate": args.drop_rate, "qkv_bias": False}
-
-
-def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
-    """None if a run may write its outputs at `path`, else the one message saying why not.
-
-    `path` is a folder receiving the files `names` (made later if missing) or, with names=None,
-    the output file itself. Earlier outputs there are refused unless `overwrite`; `resume`, if
-    given, is the checkpoint that would continue them (named in the message). Creates nothing.
-    """
-    path = Path(path)
-    folder, names = (path.parent, [path.name]) if names is None else (path, list(names))
-    if path.is_dir() and folder != path:
-        return f"{flag} {path} is a folder, not a file"
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{flag} {path} is a file, not a folder" if existing == path else f"{flag} {path}: {existing} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"{flag} {path} cannot be created or written: {exc.strerror or exc}"
-    earlier = [name for name in names if (folder / name).exists()]
-    if earlier and not overwrite:
-        if folder != path:
-            return f"{flag} {path} already exists; use --overwrite or another file name"
-        again = f"continue it with --resume {resume}, or " if resume is not None else ""
-        return (f"{flag} {path} already holds an earlier run's outputs ({', '.join(earlier)}); "
-                f"{again}use --overwrite or another folder")
-    return None
-
-
-def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None):
-    """parser.error with output_problem's message, if there is one."""
-    message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
-    if message:
-        parser.error(message)
-
-
-def fresh_run_dir(root):
-    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
-    root = Path(root)
-    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
-    return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def add_overwrite_argument(parser, what="the output folder"):
-    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
-                             "before any work)")

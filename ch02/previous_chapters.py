@@ -1,5 +1,12 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb, ch02/ch02.ipynb.
-# Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
+# Generated from the cells tagged "export" in the notebooks below: only what this folder's
+# notebooks and scripts use. Edit the notebooks, not this file; regenerate with:
+#     python tests/generate_previous_chapters.py
+#
+# ch01/download-helper.ipynb: RemoteFile, KNOWN_FILES, DownloadError, cache_dir, download_file
+# ch02/ch02.ipynb: GPTDatasetV1, create_dataloader_v1
+# ch01/how-the-scripts-are-built.ipynb (the scripts' tooling, not a lesson): exit_without_teardown,
+#     run_script, range_error, check_range, device_memory, memory_error, read_text, save_atomic,
+#     output_problem, check_output
 
 import os
 import torch
@@ -15,53 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
 import sys
-import argparse
-import multiprocessing
-import multiprocessing.util
-import signal
-import socket
-from multiprocessing.connection import wait
 import math
-import pickle
-import re
 import tiktoken
 from torch.utils.data import DataLoader, Dataset
-
-
-# ---- from ch01/ch01.ipynb ----
-
-def pick_device(name="auto", local_rank=0):
-    """The torch.device to compute on.
-
-    name="auto" picks the fastest device PyTorch can use here: CUDA, then Apple's MPS, then the
-    CPU. Setting LLMS_DEVICE to cpu, cuda or mps overrides that choice; the test command sets
-    LLMS_DEVICE=cpu so that every stored output means the same on every machine. Any other name
-    ("cpu", "cuda", "cuda:1", "mps") is checked: a ValueError says when it is not available.
-    A process started by torchrun passes its local_rank to get its own GPU of "cuda".
-    """
-    if name == "auto":
-        name = os.environ.get("LLMS_DEVICE")
-        if name and name not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"LLMS_DEVICE must be cpu, cuda or mps, got {name!r}")
-        if not name:
-            name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but CUDA is not available")
-        index = local_rank if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} (GPU {index}) was requested, but only "
-                             f"{torch.cuda.device_count()} CUDA GPU(s) are available")
-        return device if index == 0 and device.index is None else torch.device("cuda", index)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was requested (--device or LLMS_DEVICE), but MPS is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
 
 
 # ---- from ch01/download-helper.ipynb ----
@@ -212,147 +175,53 @@ def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, pr
         + ",\nor set LLMS_MIRROR to a folder that holds it.")
 
 
+# ---- from ch02/ch02.ipynb ----
+
+class GPTDatasetV1(Dataset):
+    """Input/target pairs cut from one long text with a sliding window.
+
+    Each input is `max_length` token ids; its target is the same window shifted one token
+    to the right. Consecutive windows start `stride` tokens apart.
+    """
+
+    def __init__(self, txt, tokenizer, max_length, stride):
+        if not isinstance(txt, str):
+            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
+        if max_length < 1 or stride < 1:
+            raise ValueError(f"max_length and stride must be at least 1, "
+                             f"got max_length={max_length}, stride={stride}")
+        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
+        if len(token_ids) < max_length + 1:
+            raise ValueError(f"the text has {len(token_ids)} tokens, but one input/target pair needs "
+                             f"max_length + 1 = {max_length + 1}; use a longer text or a smaller max_length")
+        self.input_ids, self.target_ids = [], []
+        for i in range(0, len(token_ids) - max_length, stride):
+            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
+            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
+                         shuffle=True, drop_last=True, num_workers=0):
+    """A DataLoader of GPT-2-tokenized (input, target) batches over `txt`."""
+    tokenizer = tiktoken.get_encoding("gpt2")
+    dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                      drop_last=drop_last, num_workers=num_workers)
+
+
 # ---- from ch01/how-the-scripts-are-built.ipynb ----
-
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-def distributed_env(env=None):
-    """(rank, local_rank, world_size, launched_by_torchrun) from torchrun's environment variables."""
-    env = os.environ if env is None else env
-    present = [k for k in TORCHRUN_VARS if k in env]
-    if not present:
-        return 0, 0, 1, False
-    if len(present) < len(TORCHRUN_VARS):
-        missing = [k for k in TORCHRUN_VARS if k not in env]
-        raise ValueError(f"found {', '.join(present)} but not {', '.join(missing)} in the environment; "
-                         "launch with torchrun, or unset them to run as a single process")
-    rank, local_rank, world_size = (int(env[k]) for k in TORCHRUN_VARS)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
-    return rank, local_rank, world_size, True
-
 
 def exit_without_teardown(code=0):
     """Flush stdout and stderr, then end this process at once with `code`, skipping teardown."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-MAX_NPROC = 64  # a typo such as --nproc-per-node 200 would start 200 processes
-
-
-class ScriptArgumentParser(argparse.ArgumentParser):
-    """argparse's parser; in a process whose RANK is not 0, a bad argument exits with code 2 quietly
-    (rank 0 sees the same command line and reports it)."""
-
-    def error(self, message):
-        if os.environ.get("RANK", "0") != "0":
-            sys.exit(2)
-        super().error(message)
-
-
-def nproc_count(text):
-    """argparse type of --nproc-per-node: an int from 1 to MAX_NPROC."""
-    value = int(text)
-    if not 1 <= value <= MAX_NPROC:
-        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_NPROC}], got {value}")
-    return value
-
-
-def add_nproc_argument(parser, default=1):
-    """Add --nproc-per-node: how many processes launch() starts on this machine."""
-    parser.add_argument("--nproc-per-node", type=nproc_count, default=default, metavar="N",
-                        help="processes to start on this machine, each training on its share of the "
-                             "data with DistributedDataParallel (one per GPU with CUDA); ignored "
-                             "under torchrun, which starts the processes itself")
-
-
-def free_port():
-    """A TCP port on this machine that is free now (where the processes will meet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_worker(main, argv, rank, nproc, port, expected, error_pipe):
-    """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it (a background job)
-    try:
-        code = main(argv)
-        code = code if isinstance(code, int) else 0
-    except expected as exc:
-        error_pipe.send(str(exc))  # the parent prints one of them
-        code = 2
-    except KeyboardInterrupt:  # Ctrl+C reaches every process; the parent reports it
-        code = 130
-    except SystemExit as exc:  # argparse: rank 0 printed the error
-        code = exc.code if isinstance(exc.code, int) else 1
-    # what multiprocessing does when a process ends (frees its semaphores, e.g. tqdm's lock), then
-    # leave without the interpreter teardown
-    getattr(multiprocessing.util, "_exit_function", lambda: None)()
-    exit_without_teardown(code)
-
-
-def stop_workers(workers, grace):
-    """Wait up to `grace` seconds for the workers to end, then stop those left (SIGTERM, then SIGKILL)."""
-    deadline = time.monotonic() + grace
-    for w in workers:
-        w.join(max(0.0, deadline - time.monotonic()))
-    for w in workers:
-        if w.is_alive():
-            w.terminate()
-            w.join(5)
-        if w.is_alive():
-            w.kill()
-            w.join()
-
-
-def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None, grace=10.0):
-    """Run main(argv) in `nproc` processes on this machine (as torchrun would start them), then exit:
-    0, or 2 with one `error: ...` line for an expected error, or a failing process's code (130 after
-    Ctrl+C, which stops them all)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
-        run_script(lambda: main(argv), expected, skip_teardown)
-    ctx = multiprocessing.get_context("spawn")
-    pipes = [ctx.Pipe(duplex=False) for _ in range(nproc)]  # (read end, write end): a worker's error
-    port = free_port()
-    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, pipes[rank][1]))
-               for rank in range(nproc)]
-
-    def on_sigterm(signum, frame):  # `kill` of this process: stop the workers as Ctrl+C would
-        for w in workers:
-            if w.is_alive():
-                os.kill(w.pid, signal.SIGINT)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        for w in workers:
-            w.start()
-        pending = list(workers)
-        while pending:  # until all have ended, or one failed and the others had `grace` seconds
-            wait([w.sentinel for w in pending])
-            pending = [w for w in pending if w.exitcode is None]
-            if any(w.exitcode for w in workers if w.exitcode is not None):
-                break
-        stop_workers(pending, grace)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not leave workers behind
-        stop_workers(workers, grace=5.0)
-        print(f"interrupted: stopped all {nproc} processes", file=sys.stderr)
-        sys.exit(130)
-    reported = [read_end.recv() for read_end, _ in pipes if read_end.poll()]  # in rank order
-    if reported:
-        print(f"error: {reported[0]}", file=sys.stderr)
-        sys.exit(2)
-    failed = [w.exitcode for w in workers if w.exitcode]  # negative: stopped by a signal
-    exited = [code for code in failed if code > 0]
-    sys.exit(exited[0] if exited else 1 if failed else 0)
 
 
 def run_script(main, expected=(ValueError,), skip_teardown=None):
@@ -375,9 +244,6 @@ def run_script(main, expected=(ValueError,), skip_teardown=None):
     sys.exit(code)
 
 
-MAX_NEW_TOKENS = 10_000  # scripts that print a generated text only at the end cap --max-new-tokens here
-
-
 def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
     """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
     if value is None:
@@ -395,13 +261,6 @@ def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=F
     else:
         rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return f"{flag} must {rule}, got {value}"
-
-
-def check_values(*messages):
-    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
-    for message in messages:
-        if message:
-            raise ValueError(message)
 
 
 def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
@@ -431,19 +290,6 @@ def memory_error(what, need, device="cpu"):
         return None
     where = "this GPU's" if torch.device(device).type == "cuda" else "this machine's"
     return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
-
-
-def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
-    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
-    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
-    check = loss.detach()
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        check = check.clone()
-        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
-        check /= world_size
-    if not torch.isfinite(check):
-        mean = f", mean over {world_size} processes" if world_size > 1 else ""
-        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
 
 
 def read_text(paths, flag="--text-files"):
@@ -478,171 +324,6 @@ def save_atomic(path, write):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)  # only left over if write failed
-
-
-def save_figure(fig, path, dpi=120):
-    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-
-
-def load_torch_file(path, flag, map_location="cpu"):
-    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
-    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
-    path = Path(path)
-    where = f"{flag} {path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if not head:
-        raise ValueError(f"{where} is an empty file, not a checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
-        if head != ZIP_MAGIC:
-            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
-                         f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception:  # torch's own errors for a damaged archive or another format
-        if head == ZIP_MAGIC:
-            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
-                             f"copy") from None
-        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-
-
-def is_state_dict(obj):
-    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, torch.Tensor) for v in obj.values()))
-
-
-def describe_entries(obj, limit=4):
-    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
-    names = [str(k) for k in obj]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def describe_object(obj):
-    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
-    if not isinstance(obj, dict):
-        return f"a {type(obj).__name__}"
-    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
-
-
-def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
-    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
-
-    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
-    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
-    """
-    obj = load_torch_file(path, flag, map_location)
-    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
-    if keys is None:
-        if is_state_dict(obj):
-            return obj
-        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
-            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
-                             f"(model weights only) was expected; {needs}")
-        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
-    if is_state_dict(obj):
-        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
-                         f"expected: {needs}")
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        held = f"; it holds {describe_entries(obj)}" if obj else ""
-        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
-                         f"{', '.join(missing)}{held}); {needs}")
-    return obj
-
-
-def name_few(names, limit=3):
-    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
-    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
-
-
-def load_weights(model, state_dict, flag, path, hint="", load=None):
-    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
-    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
-    if not is_state_dict(state_dict):
-        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ours]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                if k in state_dict and state_dict[k].shape != v.shape]
-    parts = [f"{label} {name_few(names)}" for label, names in
-             (("missing from the file", missing), ("unexpected", unexpected),
-              ("of another shape (file vs model)", reshaped)) if names]
-    if parts:
-        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
-                         + (f"; {hint}" if hint else ""))
-    (load or model.load_state_dict)(state_dict)
-    return model
-
-
-def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
-    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
-    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
-    try:
-        model = model_cls(ckpt["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
-                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
-
-
-def add_pretraining_arguments(parser, model_sizes, output_dir):
-    """Add the options shared by the pretraining scripts to an argparse parser."""
-    p = parser.add_argument
-    p("--text-files", nargs="+", type=Path, default=None,
-      help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p("--model-size", default="124M", help=f"model configuration, one of: {', '.join(model_sizes)}")
-    p("--context-length", type=int, default=256, help="tokens per training window")
-    p("--epochs", type=int, default=10, help="passes over the training text (in all, counting a resumed run's)")
-    p("--batch-size", type=int, default=2, help="windows per batch and process")
-    p("--lr", type=float, default=4e-4, help="AdamW's learning rate (with a schedule: its peak)")
-    p("--weight-decay", type=float, default=0.1)
-    p("--drop-rate", type=float, default=0.1)
-    p("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p("--output-dir", type=Path, default=Path(output_dir))
-    p("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p("--seed", type=int, default=123)
-    p("--no-progress", action="store_true", help="hide the tqdm progress bars")
-
-
-def check_pretraining_arguments(parser, args, model_sizes):
-    """parser.error for the first shared option that is out of range."""
-    if args.model_size not in model_sizes:
-        parser.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(model_sizes)}")
-    check_range(parser, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(parser, args, ("lr",), 0, low_open=True)
-    check_range(parser, args, ("weight_decay",))
-    check_range(parser, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
-    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
-
-
-def pretraining_config(args, model_sizes):
-    """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
-    return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
-            "drop_rate": args.drop_rate, "qkv_bias": False}
 
 
 def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
@@ -682,57 +363,3 @@ def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None
     message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
     if message:
         parser.error(message)
-
-
-def fresh_run_dir(root):
-    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
-    root = Path(root)
-    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
-    return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def add_overwrite_argument(parser, what="the output folder"):
-    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
-                             "before any work)")
-
-
-# ---- from ch02/ch02.ipynb ----
-
-class GPTDatasetV1(Dataset):
-    """Input/target pairs cut from one long text with a sliding window.
-
-    Each input is `max_length` token ids; its target is the same window shifted one token
-    to the right. Consecutive windows start `stride` tokens apart.
-    """
-
-    def __init__(self, txt, tokenizer, max_length, stride):
-        if not isinstance(txt, str):
-            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
-        if max_length < 1 or stride < 1:
-            raise ValueError(f"max_length and stride must be at least 1, "
-                             f"got max_length={max_length}, stride={stride}")
-        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
-        if len(token_ids) < max_length + 1:
-            raise ValueError(f"the text has {len(token_ids)} tokens, but one input/target pair needs "
-                             f"max_length + 1 = {max_length + 1}; use a longer text or a smaller max_length")
-        self.input_ids, self.target_ids = [], []
-        for i in range(0, len(token_ids) - max_length, stride):
-            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
-            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
-
-
-def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
-                         shuffle=True, drop_last=True, num_workers=0):
-    """A DataLoader of GPT-2-tokenized (input, target) batches over `txt`."""
-    tokenizer = tiktoken.get_encoding("gpt2")
-    dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      drop_last=drop_last, num_workers=num_workers)

@@ -1,5 +1,30 @@
-# Generated from the cells tagged "export" in ch01/ch01.ipynb, ch01/download-helper.ipynb, ch01/how-the-scripts-are-built.ipynb, ch02/ch02.ipynb, ch03/ch03.ipynb, ch04/ch04.ipynb, ch05/ch05.ipynb, ch05/fast-path.ipynb, ch06/ch06.ipynb.
-# Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py
+# Generated from the cells tagged "export" in the notebooks below: only what this folder's
+# notebooks and scripts use. Edit the notebooks, not this file; regenerate with:
+#     python tests/generate_previous_chapters.py
+#
+# ch01/ch01.ipynb: pick_device
+# ch01/download-helper.ipynb: RemoteFile, KNOWN_FILES, DownloadError, cache_dir, download_file
+# ch03/ch03.ipynb: check_context_length, check_attention_sizes, check_attention_input,
+#     MultiHeadAttention
+# ch04/ch04.ipynb: LayerNorm, GELU, FeedForward, SDPAMultiHeadAttention, TransformerBlock,
+#     GPT_CONFIG_KEYS, check_gpt_config, GPTModel, check_generation_args, generate_text_simple
+# ch05/ch05.ipynb: text_to_token_ids, token_ids_to_text, GPT2_SIZES, GPT2_FILES, GPT2_URLS,
+#     check_model_size, gpt2_remote_file, gpt2_models_dir, download_and_load_gpt2,
+#     load_gpt2_from_dir, load_gpt2_params_from_tf_ckpt, assign, load_weights_into_gpt,
+#     STANDIN_SETTINGS, standin_gpt2_params, load_gpt2_params_or_standin, gpt2_config,
+#     load_pretrained_gpt2
+# ch05/fast-path.ipynb: FastLayerNorm, FastGELU, CachedSDPAAttention, FastTransformerBlock,
+#     FastGPTModel, load_chapter_weights, fast_from_chapter, autocast_dtype, autocast,
+#     maybe_compile, AutocastModel, training_view, add_fast_path_arguments, report_bf16
+# ch06/ch06.ipynb: SPAM_LABELS, load_sms_spam_collection, create_balanced_dataset, random_split,
+#     SPLIT_NAMES, prepare_spam_csvs, SpamDataset, TRAINABLE_CHOICES, prepare_classifier,
+#     last_token_positions, classification_logits, calc_accuracy_loader, calc_class_loss_batch,
+#     calc_class_loss_loader, evaluate_classifier, train_classifier_simple, plot_values,
+#     classify_texts
+# ch01/how-the-scripts-are-built.ipynb (the scripts' tooling, not a lesson): check_finite_loss,
+#     save_atomic, save_figure, ZIP_MAGIC, load_torch_file, is_state_dict, describe_entries,
+#     describe_object, read_checkpoint, name_few, load_weights, output_problem, check_output,
+#     fresh_run_dir, add_overwrite_argument
 
 import os
 import torch
@@ -14,18 +39,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
-import sys
-import argparse
-import multiprocessing
-import multiprocessing.util
-import signal
-import socket
-from multiprocessing.connection import wait
-import math
 import pickle
 import re
-import tiktoken
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 import torch.nn as nn
 import torch.nn.functional as F
 import json
@@ -219,532 +235,6 @@ def download_file(file, dest_dir=None, *, retries=3, backoff=1.0, timeout=30, pr
         + ",\nor set LLMS_MIRROR to a folder that holds it.")
 
 
-# ---- from ch01/how-the-scripts-are-built.ipynb ----
-
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-def distributed_env(env=None):
-    """(rank, local_rank, world_size, launched_by_torchrun) from torchrun's environment variables."""
-    env = os.environ if env is None else env
-    present = [k for k in TORCHRUN_VARS if k in env]
-    if not present:
-        return 0, 0, 1, False
-    if len(present) < len(TORCHRUN_VARS):
-        missing = [k for k in TORCHRUN_VARS if k not in env]
-        raise ValueError(f"found {', '.join(present)} but not {', '.join(missing)} in the environment; "
-                         "launch with torchrun, or unset them to run as a single process")
-    rank, local_rank, world_size = (int(env[k]) for k in TORCHRUN_VARS)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
-    return rank, local_rank, world_size, True
-
-
-def exit_without_teardown(code=0):
-    """Flush stdout and stderr, then end this process at once with `code`, skipping teardown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-MAX_NPROC = 64  # a typo such as --nproc-per-node 200 would start 200 processes
-
-
-class ScriptArgumentParser(argparse.ArgumentParser):
-    """argparse's parser; in a process whose RANK is not 0, a bad argument exits with code 2 quietly
-    (rank 0 sees the same command line and reports it)."""
-
-    def error(self, message):
-        if os.environ.get("RANK", "0") != "0":
-            sys.exit(2)
-        super().error(message)
-
-
-def nproc_count(text):
-    """argparse type of --nproc-per-node: an int from 1 to MAX_NPROC."""
-    value = int(text)
-    if not 1 <= value <= MAX_NPROC:
-        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_NPROC}], got {value}")
-    return value
-
-
-def add_nproc_argument(parser, default=1):
-    """Add --nproc-per-node: how many processes launch() starts on this machine."""
-    parser.add_argument("--nproc-per-node", type=nproc_count, default=default, metavar="N",
-                        help="processes to start on this machine, each training on its share of the "
-                             "data with DistributedDataParallel (one per GPU with CUDA); ignored "
-                             "under torchrun, which starts the processes itself")
-
-
-def free_port():
-    """A TCP port on this machine that is free now (where the processes will meet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_worker(main, argv, rank, nproc, port, expected, error_pipe):
-    """One process started by launch(): torchrun's environment, main(argv), then leave at once."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it (a background job)
-    try:
-        code = main(argv)
-        code = code if isinstance(code, int) else 0
-    except expected as exc:
-        error_pipe.send(str(exc))  # the parent prints one of them
-        code = 2
-    except KeyboardInterrupt:  # Ctrl+C reaches every process; the parent reports it
-        code = 130
-    except SystemExit as exc:  # argparse: rank 0 printed the error
-        code = exc.code if isinstance(exc.code, int) else 1
-    # what multiprocessing does when a process ends (frees its semaphores, e.g. tqdm's lock), then
-    # leave without the interpreter teardown
-    getattr(multiprocessing.util, "_exit_function", lambda: None)()
-    exit_without_teardown(code)
-
-
-def stop_workers(workers, grace):
-    """Wait up to `grace` seconds for the workers to end, then stop those left (SIGTERM, then SIGKILL)."""
-    deadline = time.monotonic() + grace
-    for w in workers:
-        w.join(max(0.0, deadline - time.monotonic()))
-    for w in workers:
-        if w.is_alive():
-            w.terminate()
-            w.join(5)
-        if w.is_alive():
-            w.kill()
-            w.join()
-
-
-def launch(main, argv=None, nproc=1, expected=(ValueError,), skip_teardown=None, grace=10.0):
-    """Run main(argv) in `nproc` processes on this machine (as torchrun would start them), then exit:
-    0, or 2 with one `error: ...` line for an expected error, or a failing process's code (130 after
-    Ctrl+C, which stops them all)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if nproc == 1 or "RANK" in os.environ:  # one process, or torchrun started this one already
-        run_script(lambda: main(argv), expected, skip_teardown)
-    ctx = multiprocessing.get_context("spawn")
-    pipes = [ctx.Pipe(duplex=False) for _ in range(nproc)]  # (read end, write end): a worker's error
-    port = free_port()
-    workers = [ctx.Process(target=launch_worker, args=(main, argv, rank, nproc, port, expected, pipes[rank][1]))
-               for rank in range(nproc)]
-
-    def on_sigterm(signum, frame):  # `kill` of this process: stop the workers as Ctrl+C would
-        for w in workers:
-            if w.is_alive():
-                os.kill(w.pid, signal.SIGINT)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        for w in workers:
-            w.start()
-        pending = list(workers)
-        while pending:  # until all have ended, or one failed and the others had `grace` seconds
-            wait([w.sentinel for w in pending])
-            pending = [w for w in pending if w.exitcode is None]
-            if any(w.exitcode for w in workers if w.exitcode is not None):
-                break
-        stop_workers(pending, grace)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not leave workers behind
-        stop_workers(workers, grace=5.0)
-        print(f"interrupted: stopped all {nproc} processes", file=sys.stderr)
-        sys.exit(130)
-    reported = [read_end.recv() for read_end, _ in pipes if read_end.poll()]  # in rank order
-    if reported:
-        print(f"error: {reported[0]}", file=sys.stderr)
-        sys.exit(2)
-    failed = [w.exitcode for w in workers if w.exitcode]  # negative: stopped by a signal
-    exited = [code for code in failed if code > 0]
-    sys.exit(exited[0] if exited else 1 if failed else 0)
-
-
-def run_script(main, expected=(ValueError,), skip_teardown=None):
-    """Run a script's main() and exit: with its return value if that is an int, else with 0.
-
-    An exception of the `expected` types becomes one line `error: <message>` on stderr and exit
-    code 2. skip_teardown (default: when torchrun started several processes) leaves through
-    exit_without_teardown.
-    """
-    try:
-        code = main()
-        code = code if isinstance(code, int) else 0
-    except expected as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    if skip_teardown is None:
-        skip_teardown = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if skip_teardown:
-        exit_without_teardown(code)
-    sys.exit(code)
-
-
-MAX_NEW_TOKENS = 10_000  # scripts that print a generated text only at the end cap --max-new-tokens here
-
-
-def range_error(flag, value, low=None, high=None, *, low_open=False, high_open=False):
-    """None if `value` is finite and inside the range, else the message '<flag> must ..., got <value>'."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        return f"{flag} must be a finite number, got {value}"
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if not (below or above):
-        return None
-    if high is None:
-        rule = "be positive" if low == 0 and low_open else f"be above {low}" if low_open else f"be at least {low}"
-    elif low is None:
-        rule = f"be below {high}" if high_open else f"be at most {high}"
-    else:
-        rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    return f"{flag} must {rule}, got {value}"
-
-
-def check_values(*messages):
-    """Raise a ValueError with the first message that is not None: for functions, not parsers."""
-    for message in messages:
-        if message:
-            raise ValueError(message)
-
-
-def check_range(parser, args, names, low=None, high=None, *, low_open=False, high_open=False):
-    """parser.error for the first of `names` (attributes of args) whose value is out of range."""
-    for name in names:
-        flag = "--" + name.replace("_", "-")
-        message = range_error(flag, getattr(args, name), low, high, low_open=low_open, high_open=high_open)
-        if message:
-            parser.error(message)
-
-
-def device_memory(device="cpu"):
-    """Bytes of memory of `device`: the GPU's total for CUDA, else the machine's (None where unknown)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def memory_error(what, need, device="cpu"):
-    """None if `need` bytes fit in `device`'s memory (or it is unknown), else a message naming `what`."""
-    have = device_memory(device)
-    if have is None or need <= have:
-        return None
-    where = "this GPU's" if torch.device(device).type == "cuda" else "this machine's"
-    return f"{what} needs about {need / 2**30:.1f} GiB, more than {where} {have / 2**30:.1f} GiB of memory"
-
-
-def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
-    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
-    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
-    check = loss.detach()
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        check = check.clone()
-        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
-        check /= world_size
-    if not torch.isfinite(check):
-        mean = f", mean over {world_size} processes" if world_size > 1 else ""
-        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
-
-
-def read_text(paths, flag="--text-files"):
-    """The UTF-8 text files at `paths` joined with <|endoftext|>; a ValueError naming `flag` and
-    the file if one is missing, a folder, unreadable, not UTF-8 or binary (a NUL byte)."""
-    texts = []
-    for path in paths:
-        if not Path(path).is_file():
-            what = f"{path} is a folder, not a text file" if Path(path).is_dir() else f"text file not found: {path}"
-            raise ValueError(f"{flag}: {what}")
-        try:
-            data = Path(path).read_bytes()
-            text = data.decode("utf-8")
-        except OSError as exc:
-            raise ValueError(f"{flag}: {path} cannot be read ({exc.strerror or exc})") from None
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{flag}: {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
-                             f"{exc.start} cannot be decoded (save it as UTF-8)") from None
-        if b"\0" in data:  # valid UTF-8, but no text file holds NUL bytes
-            raise ValueError(f"{flag}: {path} looks binary, not text: a NUL byte at offset {data.index(0)}")
-        texts.append(text)
-    return " <|endoftext|> ".join(texts)
-
-
-def save_atomic(path, write):
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place in one step."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only left over if write failed
-
-
-def save_figure(fig, path, dpi=120):
-    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-
-
-def load_torch_file(path, flag, map_location="cpu"):
-    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
-    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
-    path = Path(path)
-    where = f"{flag} {path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if not head:
-        raise ValueError(f"{where} is an empty file, not a checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
-        if head != ZIP_MAGIC:
-            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
-                         f"safe (weights-only) load refuses, so it was not loaded") from None
-    except Exception:  # torch's own errors for a damaged archive or another format
-        if head == ZIP_MAGIC:
-            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
-                             f"copy") from None
-        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
-
-
-def is_state_dict(obj):
-    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, torch.Tensor) for v in obj.values()))
-
-
-def describe_entries(obj, limit=4):
-    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
-    names = [str(k) for k in obj]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def describe_object(obj):
-    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
-    if not isinstance(obj, dict):
-        return f"a {type(obj).__name__}"
-    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
-
-
-def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
-    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
-
-    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
-    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
-    """
-    obj = load_torch_file(path, flag, map_location)
-    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
-    if keys is None:
-        if is_state_dict(obj):
-            return obj
-        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
-            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
-                             f"(model weights only) was expected; {needs}")
-        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
-    if is_state_dict(obj):
-        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
-                         f"expected: {needs}")
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        held = f"; it holds {describe_entries(obj)}" if obj else ""
-        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
-                         f"{', '.join(missing)}{held}); {needs}")
-    return obj
-
-
-def name_few(names, limit=3):
-    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
-    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
-
-
-def load_weights(model, state_dict, flag, path, hint="", load=None):
-    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
-    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
-    if not is_state_dict(state_dict):
-        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ours]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                if k in state_dict and state_dict[k].shape != v.shape]
-    parts = [f"{label} {name_few(names)}" for label, names in
-             (("missing from the file", missing), ("unexpected", unexpected),
-              ("of another shape (file vs model)", reshaped)) if names]
-    if parts:
-        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
-                         + (f"; {hint}" if hint else ""))
-    (load or model.load_state_dict)(state_dict)
-    return model
-
-
-def model_from_checkpoint(model_cls, ckpt, flag, path, weights="model"):
-    """model_cls(ckpt["config"]) with ckpt[weights] loaded through load_weights; a config entry that
-    cannot build the model is a ValueError naming `flag` and `path`, not a traceback."""
-    try:
-        model = model_cls(ckpt["config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a damaged or edited config entry
-        raise ValueError(f"{flag} {path}: its config cannot build a {model_cls.__name__} "
-                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    return load_weights(model, ckpt[weights], flag, path, hint="its weights do not fit its own config entry")
-
-
-def add_pretraining_arguments(parser, model_sizes, output_dir):
-    """Add the options shared by the pretraining scripts to an argparse parser."""
-    p = parser.add_argument
-    p("--text-files", nargs="+", type=Path, default=None,
-      help="plain-text training files (default: the-verdict.txt via the download helper)")
-    p("--model-size", default="124M", help=f"model configuration, one of: {', '.join(model_sizes)}")
-    p("--context-length", type=int, default=256, help="tokens per training window")
-    p("--epochs", type=int, default=10, help="passes over the training text (in all, counting a resumed run's)")
-    p("--batch-size", type=int, default=2, help="windows per batch and process")
-    p("--lr", type=float, default=4e-4, help="AdamW's learning rate (with a schedule: its peak)")
-    p("--weight-decay", type=float, default=0.1)
-    p("--drop-rate", type=float, default=0.1)
-    p("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p("--eval-freq", type=int, default=5, help="evaluate every this many steps")
-    p("--eval-iter", type=int, default=5, help="batches per loss estimate")
-    p("--start-context", default="Every effort moves you", help="prompt of the samples")
-    p("--output-dir", type=Path, default=Path(output_dir))
-    p("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p("--seed", type=int, default=123)
-    p("--no-progress", action="store_true", help="hide the tqdm progress bars")
-
-
-def check_pretraining_arguments(parser, args, model_sizes):
-    """parser.error for the first shared option that is out of range."""
-    if args.model_size not in model_sizes:
-        parser.error(f"unknown --model-size {args.model_size!r}; valid sizes: {', '.join(model_sizes)}")
-    check_range(parser, args, ("context_length", "epochs", "batch_size", "eval_freq", "eval_iter"), 1)
-    check_range(parser, args, ("lr",), 0, low_open=True)
-    check_range(parser, args, ("weight_decay",))
-    check_range(parser, args, ("val_ratio",), 0, 1, low_open=True, high_open=True)
-    check_range(parser, args, ("drop_rate",), 0, 1, high_open=True)
-
-
-def pretraining_config(args, model_sizes):
-    """The GPTModel configuration of these options (GPT-2's vocabulary, no query/key/value bias)."""
-    return {"vocab_size": 50257, "context_length": args.context_length, **model_sizes[args.model_size],
-            "drop_rate": args.drop_rate, "qkv_bias": False}
-
-
-def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
-    """None if a run may write its outputs at `path`, else the one message saying why not.
-
-    `path` is a folder receiving the files `names` (made later if missing) or, with names=None,
-    the output file itself. Earlier outputs there are refused unless `overwrite`; `resume`, if
-    given, is the checkpoint that would continue them (named in the message). Creates nothing.
-    """
-    path = Path(path)
-    folder, names = (path.parent, [path.name]) if names is None else (path, list(names))
-    if path.is_dir() and folder != path:
-        return f"{flag} {path} is a folder, not a file"
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{flag} {path} is a file, not a folder" if existing == path else f"{flag} {path}: {existing} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"{flag} {path} cannot be created or written: {exc.strerror or exc}"
-    earlier = [name for name in names if (folder / name).exists()]
-    if earlier and not overwrite:
-        if folder != path:
-            return f"{flag} {path} already exists; use --overwrite or another file name"
-        again = f"continue it with --resume {resume}, or " if resume is not None else ""
-        return (f"{flag} {path} already holds an earlier run's outputs ({', '.join(earlier)}); "
-                f"{again}use --overwrite or another folder")
-    return None
-
-
-def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None):
-    """parser.error with output_problem's message, if there is one."""
-    message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
-    if message:
-        parser.error(message)
-
-
-def fresh_run_dir(root):
-    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
-    root = Path(root)
-    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
-    return root / f"run-{max(numbers, default=0) + 1:03d}"
-
-
-def add_overwrite_argument(parser, what="the output folder"):
-    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
-                             "before any work)")
-
-
-# ---- from ch02/ch02.ipynb ----
-
-class GPTDatasetV1(Dataset):
-    """Input/target pairs cut from one long text with a sliding window.
-
-    Each input is `max_length` token ids; its target is the same window shifted one token
-    to the right. Consecutive windows start `stride` tokens apart.
-    """
-
-    def __init__(self, txt, tokenizer, max_length, stride):
-        if not isinstance(txt, str):
-            raise TypeError(f"txt must be one string (the whole text), got a {type(txt).__name__}")
-        if max_length < 1 or stride < 1:
-            raise ValueError(f"max_length and stride must be at least 1, "
-                             f"got max_length={max_length}, stride={stride}")
-        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
-        if len(token_ids) < max_length + 1:
-            raise ValueError(f"the text has {len(token_ids)} tokens, but one input/target pair needs "
-                             f"max_length + 1 = {max_length + 1}; use a longer text or a smaller max_length")
-        self.input_ids, self.target_ids = [], []
-        for i in range(0, len(token_ids) - max_length, stride):
-            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
-            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
-
-
-def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
-                         shuffle=True, drop_last=True, num_workers=0):
-    """A DataLoader of GPT-2-tokenized (input, target) batches over `txt`."""
-    tokenizer = tiktoken.get_encoding("gpt2")
-    dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      drop_last=drop_last, num_workers=num_workers)
-
-
 # ---- from ch03/ch03.ipynb ----
 
 def check_context_length(num_tokens, context_length, hint=""):
@@ -770,43 +260,6 @@ def check_attention_input(x, d_in, context_length):
     if x.shape[-1] != d_in:
         raise ValueError(f"input has {x.shape[-1]} features per token but d_in is {d_in}")
     check_context_length(x.shape[1], context_length)
-
-
-class CausalAttention(nn.Module):
-    """Single-head causal self-attention for inputs of shape (batch, num_tokens, d_in)."""
-
-    def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
-        super().__init__()
-        check_attention_sizes(d_in, d_out, context_length)
-        self.d_in, self.d_out = d_in, d_out
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
-
-    def forward(self, x):
-        check_attention_input(x, self.d_in, self.mask.shape[0])
-        b, num_tokens, d_in = x.shape
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
-        attn_scores = queries @ keys.transpose(1, 2)  # transpose only the last two dims
-        attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
-        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
-        attn_weights = self.dropout(attn_weights)
-        return attn_weights @ values
-
-
-class MultiHeadAttentionWrapper(nn.Module):
-    """num_heads independent CausalAttention heads whose outputs are concatenated."""
-
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
-        super().__init__()
-        self.heads = nn.ModuleList(
-            [CausalAttention(d_in, d_out, context_length, dropout, qkv_bias) for _ in range(num_heads)]
-        )
-
-    def forward(self, x):
-        return torch.cat([head(x) for head in self.heads], dim=-1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -842,17 +295,6 @@ class MultiHeadAttention(nn.Module):
 
 
 # ---- from ch04/ch04.ipynb ----
-
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,     # tokens known to the GPT-2 BPE tokenizer
-    "context_length": 1024,  # longest input sequence (number of position embeddings)
-    "emb_dim": 768,          # width of every token vector
-    "n_heads": 12,           # attention heads per transformer block
-    "n_layers": 12,          # transformer blocks
-    "drop_rate": 0.1,        # dropout probability
-    "qkv_bias": False,       # bias in the query/key/value projections
-}
-
 
 class LayerNorm(nn.Module):
     """Normalize the last dimension to mean 0 and variance 1, then scale and shift."""
@@ -1019,169 +461,6 @@ def token_ids_to_text(token_ids, tokenizer):
     return tokenizer.decode(token_ids.squeeze(0).tolist())
 
 
-def calc_loss_batch(input_batch, target_batch, model, device):
-    """Cross-entropy of the model's next-token predictions for one batch."""
-    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    logits = model(input_batch)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
-
-
-def calc_loss_loader(data_loader, model, device, num_batches=None):
-    """Average loss over the first `num_batches` batches of `data_loader` (all if None)."""
-    if len(data_loader) == 0:
-        raise ValueError("the data loader yields no batches: its text is shorter than one batch "
-                         "(batch_size windows of max_length + 1 tokens); use a longer text or a "
-                         "smaller batch size or context length")
-    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    if num_batches < 1:
-        raise ValueError(f"num_batches must be at least 1, got {num_batches}")
-    total = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i >= num_batches:
-            break
-        total += calc_loss_batch(input_batch, target_batch, model, device).item()
-    return total / num_batches
-
-
-def evaluate_model(model, train_loader, val_loader, device, eval_iter):
-    """Training and validation loss on the first `eval_iter` batches, without dropout."""
-    model.eval()
-    with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
-    model.train()
-    return train_loss, val_loss
-
-
-def generate_sample(model, tokenizer, device, start_context, max_new_tokens=50):
-    """A greedy continuation of `start_context`, on one line."""
-    model.eval()
-    context_size = model.pos_emb.weight.shape[0]
-    encoded = text_to_token_ids(start_context, tokenizer).to(device)
-    with torch.no_grad():
-        token_ids = generate_text_simple(model, encoded, max_new_tokens, context_size)
-    model.train()
-    return token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
-
-
-def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
-    print(generate_sample(model, tokenizer, device, start_context, max_new_tokens))
-
-
-def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer, *, state=None,
-                       evaluate=evaluate_model, on_epoch_end=None, world_size=1, log=print, progress=True):
-    """Train for `num_epochs`; return (train_losses, val_losses, tokens_seen) at each evaluation.
-
-    The keyword-only hooks serve the headless script ch05/gpt_train.py; their defaults give the
-    plain loop. state: the progress (epoch, step, tokens, losses) to continue from, updated in
-    place as training goes. evaluate: the loss estimate. on_epoch_end(epochs_done): replaces the
-    printed sample. world_size: processes training in step (DDP); tokens count them all.
-    log: prints the evaluations. progress: True (a tqdm bar per epoch), "run" (one bar for the
-    whole run) or False. A non-finite training loss stops the run with a ValueError naming the
-    step and the learning rate, before that step updates the weights; with world_size > 1 in a
-    process group, the processes first add up their losses (an all-reduce), so all of them stop
-    with the same error.
-    """
-    if progress not in (True, False, "run"):
-        raise ValueError(f"progress must be True, False or 'run', got {progress!r}")
-    if eval_freq < 1 or eval_iter < 1:
-        raise ValueError(f"eval_freq and eval_iter must be at least 1, got {eval_freq} and {eval_iter}")
-    if len(train_loader) == 0:
-        raise ValueError("the training loader yields no batches; use a longer text or a smaller "
-                         "batch size or context length")
-    state = {} if state is None else state
-    for key, start in [("epoch", 0), ("global_step", -1), ("tokens_seen", 0), ("train_losses", []),
-                       ("val_losses", []), ("track_tokens_seen", [])]:
-        state.setdefault(key, start)
-    steps_left = (num_epochs - state["epoch"]) * len(train_loader)
-    run_bar = tqdm(total=steps_left, desc="training") if progress == "run" else None
-    for epoch in range(state["epoch"], num_epochs):
-        model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler: new shuffle per epoch
-            train_loader.sampler.set_epoch(epoch)
-        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}",
-                                              disable=progress is not True):
-            optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
-            check_finite_loss(loss, f"at step {state['global_step'] + 1}", optimizer.param_groups[0]["lr"],
-                              world_size, "nothing after the last good checkpoint was saved; lower the "
-                              "learning rate (--lr)")  # before a NaN/inf step spoils the weights
-            loss.backward()
-            optimizer.step()
-            state["tokens_seen"] += input_batch.numel() * world_size
-            state["global_step"] += 1
-            if run_bar is not None:
-                run_bar.update(1)
-            if state["global_step"] % eval_freq == 0:
-                train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)
-                state["train_losses"].append(train_loss)
-                state["val_losses"].append(val_loss)
-                state["track_tokens_seen"].append(state["tokens_seen"])
-                log(f"Ep {epoch + 1} (step {state['global_step']:06d}): "
-                    f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        state["epoch"] = epoch + 1
-        if on_epoch_end is None:
-            generate_and_print_sample(model, tokenizer, device, start_context)
-        else:
-            on_epoch_end(epoch + 1)
-    if run_bar is not None:
-        run_bar.close()
-    return state["train_losses"], state["val_losses"], state["track_tokens_seen"]
-
-
-def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, label="loss"):
-    """Plot training and validation values against epochs, with tokens seen on a second axis."""
-    import matplotlib.pyplot as plt  # imported here: scripts that never plot need not load it
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_losses, label=f"training {label}")
-    ax1.plot(epochs_seen, val_losses, linestyle="-.", label=f"validation {label}")
-    ax1.set_xlabel("epochs")
-    ax1.set_ylabel(label)
-    ax1.legend(loc="upper right")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2 = ax1.twiny()  # same y axis, a second x axis for the tokens seen
-    ax2.plot(tokens_seen, train_losses, alpha=0)
-    ax2.set_xlabel("tokens seen")
-    fig.tight_layout()
-    return fig
-
-
-def check_sampling_args(temperature, top_k):
-    """Raise a ValueError unless temperature is finite and >= 0 and top_k is None or >= 1."""
-    if not 0 <= temperature < float("inf"):  # also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
-
-
-def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
-    """Append up to `max_new_tokens` tokens to idx (batch, n_tokens) and return it.
-
-    temperature 0 means greedy decoding; top_k keeps only the k most likely tokens.
-    """
-    check_generation_args(idx, max_new_tokens, context_size)
-    check_sampling_args(temperature, top_k)
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            logits = model(idx[:, -context_size:])[:, -1, :]
-        if top_k is not None:
-            top_logits, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
-            logits = torch.where(logits < top_logits[:, -1:], torch.tensor(float("-inf")).to(logits.device),
-                                 logits)
-        if temperature > 0.0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
-        else:
-            idx_next = torch.argmax(logits, dim=-1, keepdim=True)
-        if eos_id is not None and bool((idx_next == eos_id).all()):
-            break
-        idx = torch.cat((idx, idx_next), dim=1)
-    return idx
-
-
 GPT2_SIZES = {  # OpenAI's four GPT-2 checkpoints
     "124M": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
     "355M": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -1306,52 +585,6 @@ def load_weights_into_gpt(gpt, params):
     gpt.out_head.weight = assign(gpt.out_head.weight, params["wte"], "out_head.weight")  # tied to wte
 
 
-_HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
-
-
-def hf_gpt2_params(state_dict, source="the state dict"):
-    """Rename Hugging Face GPT-2 tensors (name -> array) into load_weights_into_gpt's layout."""
-    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in state_dict.items()}
-    used = set()
-
-    def get(key):
-        if key not in sd:
-            raise ValueError(f"{source} has no tensor {key!r}; is it a GPT-2 checkpoint?")
-        used.add(key)
-        return np.asarray(sd[key])
-
-    n_layers = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("h.")), default=-1)
-    blocks = []
-    for i in range(n_layers):
-        h = f"h.{i}."
-        blocks.append({
-            "attn": {"c_attn": {"w": get(h + "attn.c_attn.weight"), "b": get(h + "attn.c_attn.bias")},
-                     "c_proj": {"w": get(h + "attn.c_proj.weight"), "b": get(h + "attn.c_proj.bias")}},
-            "mlp": {"c_fc": {"w": get(h + "mlp.c_fc.weight"), "b": get(h + "mlp.c_fc.bias")},
-                    "c_proj": {"w": get(h + "mlp.c_proj.weight"), "b": get(h + "mlp.c_proj.bias")}},
-            "ln_1": {"g": get(h + "ln_1.weight"), "b": get(h + "ln_1.bias")},
-            "ln_2": {"g": get(h + "ln_2.weight"), "b": get(h + "ln_2.bias")}})
-    params = {"wte": get("wte.weight"), "wpe": get("wpe.weight"), "blocks": blocks,
-              "g": get("ln_f.weight"), "b": get("ln_f.bias")}
-    unknown = sorted(k for k in sd if k not in used and not k.endswith(_HF_IGNORED))
-    if unknown:
-        raise ValueError(f"{source} has tensors a GPT-2 model does not use: {', '.join(unknown[:5])}")
-    return params
-
-
-def load_hf_safetensors_into_gpt(gpt, path):
-    """Load a Hugging Face GPT-2 `model.safetensors` file into a GPTModel (qkv_bias=True)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    try:
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read the safetensors file {path.name} (truncated or corrupt?): {exc}") from None
-    load_weights_into_gpt(gpt, hf_gpt2_params(state_dict, source=path.name))
-
-
 STANDIN_SETTINGS = {"n_vocab": 50257, "n_ctx": 256, "n_embd": 64, "n_head": 2, "n_layer": 2}
 
 
@@ -1443,36 +676,6 @@ class FastGELU(GELU):
 
     def forward(self, x):
         return F.gelu(x, approximate="tanh")
-
-
-class KVCache:
-    """Keys and values of every layer in buffers allocated once, then written in place.
-
-    The buffers hold `max_len` positions; they are created at the first write, with the
-    batch size, heads and dtype of the keys written (so they follow autocast's bf16).
-    """
-
-    def __init__(self, max_len):
-        self.max_len = max_len
-        self.keys = {}
-        self.values = {}
-        self.pos = 0  # tokens stored so far = position of the next token
-
-    def reset(self):
-        self.pos = 0  # the buffers stay; the next writes overwrite them
-
-    def update(self, layer, k, v):
-        """Store k, v of shape (b, heads, n_new, head_dim) at self.pos; return all keys and values so far."""
-        end = self.pos + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"the KV cache holds {self.max_len} positions; {self.pos} + {k.shape[2]} do not fit")
-        if layer not in self.keys:
-            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        self.keys[layer][:, :, self.pos:end] = k
-        self.values[layer][:, :, self.pos:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class CachedSDPAAttention(SDPAMultiHeadAttention):
@@ -1600,14 +803,6 @@ def maybe_compile(model, enabled=True, **compile_kwargs):
     return torch.compile(model, **compile_kwargs) if enabled else model
 
 
-def fast_adamw(model, lr, weight_decay, fused=None):
-    """AdamW over the model's parameters; the fused kernel (CPU and CUDA) unless fused=False."""
-    device = next(model.parameters()).device
-    if fused is None:
-        fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-
-
 class AutocastModel(nn.Module):
     """`model` with its forward under autocast(device); returns float32 outputs, ready for the loss."""
 
@@ -1641,56 +836,10 @@ def add_fast_path_arguments(parser, tie_weights=True):
     group.add_argument("--compile", action="store_true", help="torch.compile the training model (the first steps are slow)")
 
 
-def check_fast_path_arguments(parser, args):
-    """parser.error for fast-path flags that do not go together (--tie-weights without --fast)."""
-    if getattr(args, "tie_weights", False) and not args.fast:
-        parser.error("--tie-weights needs --fast")
-
-
 def report_bf16(args, device, log=print):
     """With --bf16, say whether `device` trains in bf16 or falls back to fp32 (and why)."""
     if args.bf16:
         log(f"--bf16: {autocast_dtype(device)[1]}")
-
-
-def _next_token(logits, temperature, top_k):
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if temperature > 0.0:
-        return torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1)
-    return torch.argmax(logits, dim=-1, keepdim=True)
-
-
-def generate_fast(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
-    """Chapter 5's generate (same arguments, same tokens) with a preallocated KV cache.
-
-    The prompt (its last context_size tokens) runs once; then each step feeds one token. Once the
-    text outgrows context_size the window slides and every position shifts, so the cache is rebuilt
-    from the last context_size tokens at each step (exact, but no faster than without a cache).
-    eos_id costs one host synchronisation per step (to decide whether to stop).
-    """
-    check_generation_args(idx, max_new_tokens, context_size)
-    check_sampling_args(temperature, top_k)
-    if not 1 <= context_size <= model.pos_emb.num_embeddings:
-        raise ValueError(f"context_size must lie in [1, {model.pos_emb.num_embeddings}], got {context_size}")
-    n = idx.shape[1]
-    out = idx.new_empty(idx.shape[0], n + max_new_tokens)  # every token lands here, no torch.cat
-    out[:, :n] = idx
-    cache = KVCache(context_size)
-    with torch.no_grad():
-        for step in range(max_new_tokens):
-            if step == 0 or cache.pos == context_size:  # prefill, or rebuild after the window slid
-                cache.reset()
-                logits = model(out[:, max(0, n - context_size):n], kv_cache=cache)[:, -1, :]
-            else:
-                logits = model(out[:, n - 1:n], kv_cache=cache)[:, -1, :]
-            idx_next = _next_token(logits, temperature, top_k)
-            if eos_id is not None and bool((idx_next == eos_id).all()):
-                break
-            out[:, n] = idx_next[:, 0]
-            n += 1
-    return out[:, :n]
 
 
 # ---- from ch06/ch06.ipynb ----
@@ -1949,7 +1098,196 @@ def classify_texts(texts, model, tokenizer, device, max_length=None, pad_token_i
     return torch.cat(probas) if probas else torch.empty(0, model.out_head.out_features)
 
 
-def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
-    """'spam' or 'not spam' for one message (truncated to max_length and the model's context)."""
-    probas = classify_texts([text], model, tokenizer, device, max_length, pad_token_id)
-    return "spam" if probas[0].argmax().item() == 1 else "not spam"
+# ---- from ch01/how-the-scripts-are-built.ipynb ----
+
+def check_finite_loss(loss, where, lr, world_size=1, advice="lower the learning rate"):
+    """Raise a ValueError if `loss` is NaN or infinite (on any process when world_size > 1 in a
+    process group): 'the training loss became nan <where> (learning rate <lr>); <advice>'."""
+    check = loss.detach()
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        check = check.clone()
+        torch.distributed.all_reduce(check)  # the sum: non-finite on every process if on any one
+        check /= world_size
+    if not torch.isfinite(check):
+        mean = f", mean over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"the training loss became {check.item()} {where} (learning rate {lr:g}{mean}); {advice}")
+
+
+def save_atomic(path, write):
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place in one step."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # only left over if write failed
+
+
+def save_figure(fig, path, dpi=120):
+    """Save a matplotlib figure as a PNG with save_atomic, then close it (scripts may draw many)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+
+
+def load_torch_file(path, flag, map_location="cpu"):
+    """What torch.save wrote to `path`, loaded with weights_only=True only; else a ValueError
+    naming `flag` and saying what the file is: missing, empty, not torch.save's, unsafe, or damaged."""
+    path = Path(path)
+    where = f"{flag} {path}"
+    if not path.is_file():
+        raise ValueError(f"{where}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise ValueError(f"{where} is an empty file, not a checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # objects a weights-only load refuses: never unpickle those
+        if head != ZIP_MAGIC:
+            raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+        raise ValueError(f"{where} is not a checkpoint of this script: it holds Python objects that a "
+                         f"safe (weights-only) load refuses, so it was not loaded") from None
+    except Exception:  # torch's own errors for a damaged archive or another format
+        if head == ZIP_MAGIC:
+            raise ValueError(f"{where} is truncated or corrupt: it cannot be loaded, use an intact "
+                             f"copy") from None
+        raise ValueError(f"{where} is not a checkpoint (not a file written by torch.save)") from None
+
+
+def is_state_dict(obj):
+    """True for a non-empty dict of names to tensors (what model.state_dict() returns)."""
+    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def describe_entries(obj, limit=4):
+    """'a, b, c, d and 3 more': the first few keys of a dict, for messages."""
+    names = [str(k) for k in obj]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def describe_object(obj):
+    """'a Tensor', 'an empty dict' or 'a dict whose entries are not all tensors: a, b': for messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    return f"a dict whose entries are not all tensors: {describe_entries(obj)}" if obj else "an empty dict"
+
+
+def read_checkpoint(path, flag, keys=None, map_location="cpu", expected="the file this script saves"):
+    """The checkpoint in `path` (loaded with weights_only=True only), or a ValueError naming `flag`.
+
+    keys=None: a bare state dict is expected (a full checkpoint with a "model" entry is named as
+    such). A tuple of keys: a full checkpoint dict holding at least those entries is expected.
+    """
+    obj = load_torch_file(path, flag, map_location)
+    where, needs = f"{flag} {path}", f"{flag} needs {expected}"
+    if keys is None:
+        if is_state_dict(obj):
+            return obj
+        if isinstance(obj, dict) and is_state_dict(obj.get("model")):
+            raise ValueError(f"{where} is a full checkpoint ({describe_entries(obj)}) where a state dict "
+                             f"(model weights only) was expected; {needs}")
+        raise ValueError(f"{where} is not a state dict ({describe_object(obj)}); {needs}")
+    if is_state_dict(obj):
+        raise ValueError(f"{where} is a state dict (model weights only) where a full checkpoint was "
+                         f"expected: {needs}")
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} is not a checkpoint of this script (a {type(obj).__name__}); {needs}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        held = f"; it holds {describe_entries(obj)}" if obj else ""
+        raise ValueError(f"{where} is not a checkpoint of this script (a dict without "
+                         f"{', '.join(missing)}{held}); {needs}")
+    return obj
+
+
+def name_few(names, limit=3):
+    """'3 (a, b, c)' or '5 (a, b, c, ...)': a count and the first few names."""
+    return f"{len(names)} ({', '.join(names[:limit])}{', ...' if len(names) > limit else ''})"
+
+
+def load_weights(model, state_dict, flag, path, hint="", load=None):
+    """Load `state_dict` into `model` once its names and shapes match; else a ValueError that names
+    `flag` and `path`, says "another configuration" and counts what differs. Returns the model."""
+    if not is_state_dict(state_dict):
+        raise ValueError(f"{flag} {path}: its weights are not a state dict ({describe_object(state_dict)})")
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+                if k in state_dict and state_dict[k].shape != v.shape]
+    parts = [f"{label} {name_few(names)}" for label, names in
+             (("missing from the file", missing), ("unexpected", unexpected),
+              ("of another shape (file vs model)", reshaped)) if names]
+    if parts:
+        raise ValueError(f"{flag} {path} holds weights of another configuration: {'; '.join(parts)}"
+                         + (f"; {hint}" if hint else ""))
+    (load or model.load_state_dict)(state_dict)
+    return model
+
+
+def output_problem(flag, path, names=None, *, overwrite=False, resume=None):
+    """None if a run may write its outputs at `path`, else the one message saying why not.
+
+    `path` is a folder receiving the files `names` (made later if missing) or, with names=None,
+    the output file itself. Earlier outputs there are refused unless `overwrite`; `resume`, if
+    given, is the checkpoint that would continue them (named in the message). Creates nothing.
+    """
+    path = Path(path)
+    folder, names = (path.parent, [path.name]) if names is None else (path, list(names))
+    if path.is_dir() and folder != path:
+        return f"{flag} {path} is a folder, not a file"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path} is a file, not a folder" if existing == path else f"{flag} {path}: {existing} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{flag} {path} cannot be created or written: {exc.strerror or exc}"
+    earlier = [name for name in names if (folder / name).exists()]
+    if earlier and not overwrite:
+        if folder != path:
+            return f"{flag} {path} already exists; use --overwrite or another file name"
+        again = f"continue it with --resume {resume}, or " if resume is not None else ""
+        return (f"{flag} {path} already holds an earlier run's outputs ({', '.join(earlier)}); "
+                f"{again}use --overwrite or another folder")
+    return None
+
+
+def check_output(parser, flag, path, names=None, *, overwrite=False, resume=None):
+    """parser.error with output_problem's message, if there is one."""
+    message = output_problem(flag, path, names, overwrite=overwrite, resume=resume)
+    if message:
+        parser.error(message)
+
+
+def fresh_run_dir(root):
+    """root/run-NNN, one above the highest run number in `root` (run-001 in an empty or missing root)."""
+    root = Path(root)
+    numbers = [int(p.name[4:]) for p in root.glob("run-*") if re.fullmatch(r"run-\d+", p.name)]
+    return root / f"run-{max(numbers, default=0) + 1:03d}"
+
+
+def add_overwrite_argument(parser, what="the output folder"):
+    """--overwrite: replace an earlier run's outputs in `what` (refused without it)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier run's outputs in {what} (without it they are refused "
+                             "before any work)")

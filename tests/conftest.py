@@ -2,9 +2,11 @@
 
     python -m pytest -c tests/pytest.ini --rootdir=.
 """
+import functools
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,22 @@ def import_path(relpath, name=None):
         sys.modules.pop("previous_chapters", None)
         if saved is not None:
             sys.modules["previous_chapters"] = saved
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def exports(folder):
+    """Every exported definition of the notebooks `folder`'s previous_chapters.py is built from, as
+    one module: the generated file itself holds only what the folder's notebooks and scripts use,
+    while the tests check the notebooks' code whichever folder uses it."""
+    import generate_previous_chapters as gen
+
+    path = Path(tempfile.mkdtemp(prefix="exports-")) / f"{folder.replace('-', '_')}_exports.py"
+    path.write_text(gen.build(ROOT, folder, report=lambda message: None, prune=False), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
     return module
 
 

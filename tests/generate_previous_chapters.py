@@ -21,6 +21,7 @@ import ast
 import json
 import re
 import subprocess
+import symtable
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ BUILDS_ON = {
     "appendix-F": _UP_TO_5,
 }
 # Notebooks that export, per folder (the main notebook unless listed here).
+TOOLING = "ch01/how-the-scripts-are-built.ipynb"  # the scripts' shared tooling, a bonus notebook
 EXPORTING_NOTEBOOKS = {"ch01": ["ch01/ch01.ipynb", "ch01/download-helper.ipynb", "ch01/how-the-scripts-are-built.ipynb"],
                        "ch05": ["ch05/ch05.ipynb", "ch05/fast-path.ipynb"]}
 
@@ -120,8 +122,13 @@ def _check_statement(stmt, where):
                              "assignment per name")
 
 
-def build(root, folder, report=print):
-    """Return the text of `folder`'s previous_chapters.py."""
+def build(root, folder, report=print, prune=True):
+    """Return the text of `folder`'s previous_chapters.py.
+
+    With `prune` (the default) it holds only the exported definitions that the folder's notebooks
+    and scripts import, and what those reach in turn; `prune=False` keeps every exported
+    definition of the folder's sources (for tests of the notebooks' code).
+    """
     imports, blocks = [], []
     owner = {}  # name -> (block, stmt or None, import text or None, where)
     used_sources = []
@@ -137,7 +144,7 @@ def build(root, folder, report=print):
             except SyntaxError as exc:
                 raise GeneratorError(f"{where}: not valid Python ({exc.msg}, line {exc.lineno})") from None
             lines = src.splitlines()
-            block = {"source": rel, "lines": lines, "keep": [True] * len(lines)}
+            block = {"source": rel, "lines": lines, "keep": [True] * len(lines), "stmts": []}
             blocks.append(block)
             for stmt in tree.body:
                 _check_statement(stmt, where)
@@ -152,25 +159,126 @@ def build(root, folder, report=print):
                     if text not in imports:
                         imports.append(text)
                     continue
+                block["stmts"].append(stmt)
                 for name in sorted(defined_names(stmt)):
                     _bind(owner, name, (block, stmt, None, where), replaces, folder, report)
-    out = [
-        f"# Generated from the cells tagged \"{TAG}\" in " + ", ".join(used_sources) + ".",
-        "# Edit the notebooks, not this file. Regenerate with: python tests/generate_previous_chapters.py",
-        "",
-    ]
+    live = {id(e[1]) for e in owner.values() if e[1] is not None}
+    for block in blocks:  # statements a later cell replaced are gone already
+        block["stmts"] = [s for s in block["stmts"] if id(s) in live or not defined_names(s)]
+    if prune:
+        reached = reached_names(owner, names_used_by(root, folder))
+        for block in blocks:
+            for stmt in block["stmts"]:
+                if not (defined_names(stmt) & reached):
+                    _drop(block, stmt)
+            block["stmts"] = [s for s in block["stmts"] if defined_names(s) & reached]
+        imports = [t for t in (_only(t, reached) for t in imports) if t]
+    # Teaching code first, in chapter order; the scripts' tooling after it.
+    blocks.sort(key=lambda b: b["source"] == TOOLING)
+    parts = []  # (source, body)
+    for block in blocks:
+        body = _squeeze("\n".join(l for l, k in zip(block["lines"], block["keep"]) if k).strip("\n"))
+        if body.strip():
+            parts.append((block["source"], body, [n for s in block["stmts"] for n in sorted(defined_names(s))]))
+    sources = list(dict.fromkeys(src for src, _, _ in parts))
+    out = [f"# Generated from the cells tagged \"{TAG}\" in the notebooks below: only what this folder's",
+           "# notebooks and scripts use. Edit the notebooks, not this file; regenerate with:",
+           "#     python tests/generate_previous_chapters.py",
+           "#"]
+    for src in sources:
+        label = " (the scripts' tooling, not a lesson)" if src == TOOLING else ""
+        names = [n for s, _, ns in parts if s == src for n in ns if not n.startswith("_")]
+        out += _wrap(f"# {src}{label}: " + ", ".join(names))
+    out.append("")
     out += [text for text in imports if not _all_names_replaced(text, owner)]
     last_source = None
-    for block in blocks:
-        body = "\n".join(l for l, k in zip(block["lines"], block["keep"]) if k).strip("\n")
-        if not body.strip():
-            continue
+    for src, body, _ in parts:
         out += ["", ""]
-        if block["source"] != last_source:
-            out += [f"# ---- from {block['source']} ----", ""]
-            last_source = block["source"]
+        if src != last_source:
+            out += [f"# ---- from {src} ----", ""]
+            last_source = src
         out.append(body)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _only(text, names):
+    """An import statement cut down to the names in `names` ('' if none is left)."""
+    stmt = ast.parse(text).body[0]
+    bound = imported_names(stmt)
+    if all(name in names for name in bound):
+        return text
+    stmt.names = [a for a in stmt.names if (a.asname or a.name.split(".")[0]) in names]
+    return ast.unparse(stmt) if stmt.names else ""
+
+
+def _wrap(line, width=100):
+    """A long comment line folded at commas, continuation lines indented."""
+    out = []
+    while len(line) > width:
+        cut = line.rfind(", ", 0, width) + 1
+        if cut <= 0:
+            break
+        out.append(line[:cut])
+        line = "#     " + line[cut:].lstrip()
+    return out + [line]
+
+
+def _squeeze(text):
+    """At most two blank lines in a row (where dropped definitions left gaps)."""
+    return re.sub(r"\n{4,}", "\n\n\n", text)
+
+
+def _drop(block, stmt):
+    """Remove a statement's lines from its block, with the comment lines directly above it."""
+    first = _first_line(stmt) - 1
+    while first > 0 and block["lines"][first - 1].lstrip().startswith("#"):
+        first -= 1
+    for j in range(first, stmt.end_lineno):
+        block["keep"][j] = False
+
+
+def references(stmt):
+    """The global names a statement reads, in any of its scopes (function locals left out)."""
+    names, tables = set(), [symtable.symtable(ast.unparse(stmt), "<cell>", "exec")]
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        module_level = table.get_type() == "module"
+        names |= {sym.get_name() for sym in table.get_symbols()
+                  if sym.is_referenced() and (module_level or sym.is_global())}
+    return names
+
+
+def reached_names(owner, roots):
+    """The exported names that `roots` need, directly or through what they call."""
+    reached, todo = set(), [r for r in roots if r in owner]
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        stmt = owner[name][1]
+        if stmt is not None:
+            todo += [n for n in references(stmt) if n in owner and n not in reached]
+    return reached
+
+
+IMPORT_LINE = re.compile(r"from\s+previous_chapters\s+import\s+(\([^)]*\)|[^\n;\"'#]*)")
+
+
+def names_used_by(root, folder):
+    """Names that `folder`'s notebooks and scripts import from previous_chapters (also inside
+    strings: a notebook may write a small script that imports them)."""
+    names = set()
+    for path in sorted((Path(root) / folder).glob("*")):
+        if path.suffix not in (".py", ".ipynb") or path.name == GENERATED:
+            continue
+        for group in IMPORT_LINE.findall(_code_of(path)):
+            for piece in group.strip("()").replace("\\n", ",").split(","):
+                words = re.findall(r"[A-Za-z_]\w*", piece)
+                if words:
+                    names.add(words[0])
+    return names
 
 
 def _bind(owner, name, new, replaces, folder, report):

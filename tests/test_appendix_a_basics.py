@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import import_path
+from conftest import exports
 
-pc = import_path("appendix-A/previous_chapters.py", name="appendix_a_previous_chapters")
+pc = exports("appendix-A")
 
 
 def test_network_shapes_and_parameter_count():

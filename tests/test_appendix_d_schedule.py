@@ -9,11 +9,11 @@ import sys
 import pytest
 import tiktoken
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
 script = import_path("appendix-D/gpt_train_schedule.py")
 SCRIPT = ROOT / "appendix-D" / "gpt_train_schedule.py"
-chapter5 = import_path("appendix-D/previous_chapters.py", name="appendix_d_previous_chapters")
+chapter5 = exports("appendix-D")
 pc = vars(chapter5)  # chapters 1-5 and appendix D's exported cells
 check_schedule, lr_at_step, lr_schedule = pc["check_schedule"], pc["lr_at_step"], pc["lr_schedule"]
 train_model, GPTModel = pc["train_model"], pc["GPTModel"]

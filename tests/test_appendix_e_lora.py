@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from conftest import import_path
+from conftest import exports
 
-pc = import_path("appendix-E/previous_chapters.py")
+pc = exports("appendix-E")
 
 TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": True}

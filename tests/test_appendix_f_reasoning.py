@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
-F = import_path("appendix-F/previous_chapters.py")  # the notebook's exported code
+F = exports("appendix-F")  # the notebook's exported code
 script = import_path("appendix-F/train_reasoner.py")
 SCRIPT = ROOT / "appendix-F" / "train_reasoner.py"
 

@@ -5,13 +5,13 @@ deep inside PyTorch, or a silently wrong result."""
 import pytest
 import tiktoken
 import torch
-from conftest import import_path
+from conftest import exports
 from torch.utils.data import DataLoader, TensorDataset
 
-ch05 = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_argument_checks")
-ch06 = import_path("ch06/previous_chapters.py", name="ch06_previous_chapters_for_argument_checks")
-ch07 = import_path("ch07/previous_chapters.py", name="ch07_previous_chapters_for_argument_checks")
-appf = import_path("appendix-F/previous_chapters.py", name="appendix_f_previous_chapters_for_argument_checks")
+ch05 = exports("ch05")
+ch06 = exports("ch06")
+ch07 = exports("ch07")
+appf = exports("appendix-F")
 
 CFG = {"vocab_size": 50257, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0,
        "qkv_bias": False}
@@ -112,7 +112,7 @@ def test_good_arguments_still_work(model):
     assert ch05.MultiHeadAttention(8, 8, 4, 0.0, 2)(torch.randn(2, 4, 8)).shape == (2, 4, 8)
 
 
-appd = import_path("appendix-D/previous_chapters.py", name="appendix_d_previous_chapters_for_argument_checks")
+appd = exports("appendix-D")
 
 
 def nan_model(cfg):

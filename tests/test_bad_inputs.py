@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
              "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
@@ -405,7 +405,7 @@ def make_loader_file(name, folder, script):
         return path
     if name not in ("objects.pth", "gpt_train.pth", "other_config.pth", "bad_config.pth"):
         return make_bad_checkpoint(name, folder)
-    pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_bad_inputs")
+    pc = exports("ch05")
     torch.manual_seed(0)
     model = pc.GPTModel(LOADER_CFG)
     if name == "objects.pth":

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 from torch.utils.data import DataLoader, TensorDataset
 
-pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_for_helper_tests")
+pc = exports("ch05")
 kv = import_path("ch04/gpt_with_kv_cache.py")
 
 pytestmark = pytest.mark.usefixtures("one_thread")

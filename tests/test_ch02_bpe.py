@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import tiktoken
 
-from conftest import import_path
+from conftest import exports, import_path
 
 bpe = import_path("ch02/bpe_from_scratch.py")
-pc = import_path("ch02/previous_chapters.py", name="ch02_previous_chapters_for_bpe_tests")
+pc = exports("ch02")
 
 
 def local_file(name):

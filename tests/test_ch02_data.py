@@ -8,9 +8,9 @@ import pytest
 import tiktoken
 import torch
 
-from conftest import ROOT, import_path
+from conftest import ROOT, exports
 
-pc = import_path("ch02/previous_chapters.py", name="ch02_previous_chapters_for_data_tests")
+pc = exports("ch02")
 GPTDatasetV1, create_dataloader_v1 = pc.GPTDatasetV1, pc.create_dataloader_v1
 
 TEXT = " ".join(f"word{i} and some more text, number {i}." for i in range(60))

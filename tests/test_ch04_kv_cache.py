@@ -3,10 +3,10 @@ greedy generation with the cache is token for token the same as without it."""
 import pytest
 import torch
 
-from conftest import import_path
+from conftest import exports, import_path
 
 kv = import_path("ch04/gpt_with_kv_cache.py")
-chapter = import_path("ch04/previous_chapters.py")  # the chapter's own GPTModel and generator
+chapter = exports("ch04")  # the chapter's own GPTModel and generator
 
 CFG = {"vocab_size": 101, "context_length": 16, "emb_dim": 32, "n_heads": 4,
        "n_layers": 2, "drop_rate": 0.1, "qkv_bias": False}

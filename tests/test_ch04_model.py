@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import import_path
+from conftest import exports, import_path
 
-ch = import_path("ch04/previous_chapters.py")
+ch = exports("ch04")
 perf = import_path("ch04/perf_analysis.py")
 
 SMALL = {"vocab_size": 97, "context_length": 12, "emb_dim": 24, "n_heads": 3,

@@ -8,9 +8,9 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
-pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_fast")
+pc = exports("ch05")
 BENCH = str(ROOT / "ch05" / "bench_vs_hf.py")
 CFG = {"vocab_size": 300, "context_length": 24, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.1, "qkv_bias": True}

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import import_path
+from conftest import exports, import_path
 
-pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_weights")
+pc = exports("ch05")
 
 VOCAB, CTX, D, HEADS, LAYERS = 40, 12, 8, 2, 2
 SETTINGS = {"n_vocab": VOCAB, "n_ctx": CTX, "n_embd": D, "n_head": HEADS, "n_layer": LAYERS}

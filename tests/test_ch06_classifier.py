@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import tiktoken
 import torch
-from conftest import import_path
+from conftest import exports
 from torch.utils.data import DataLoader
 
-pc = import_path("ch06/previous_chapters.py")
+pc = exports("ch06")
 tokenizer = tiktoken.get_encoding("gpt2")
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import tiktoken
 import torch
-from conftest import import_path
+from conftest import exports
 
-pc = import_path("ch07/previous_chapters.py")
+pc = exports("ch07")
 P, M = 50256, -100
 TOK = tiktoken.get_encoding("gpt2")
 

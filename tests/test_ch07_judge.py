@@ -11,9 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
-pc = import_path("ch07/previous_chapters.py")
+pc = exports("ch07")
 TIMEOUT = 0.4  # the client's timeout in these tests; the slow reply takes 1.5 s
 
 

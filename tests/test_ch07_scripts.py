@@ -7,11 +7,11 @@ import sys
 import pytest
 import tiktoken
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, exports, import_path
 
 ft = import_path("ch07/gpt_instruction_finetune.py")
 chat = import_path("ch07/chat.py")
-pc = import_path("ch07/previous_chapters.py")
+pc = exports("ch07")
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Egypt", "Cairo")]
 TINY = ["--model-size", "tiny", "--epochs", "1", "--batch-size", "4", "--lr", "5e-3", "--eval-freq", "4",

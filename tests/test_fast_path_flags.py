@@ -6,12 +6,12 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import import_path
+from conftest import exports, import_path
 
 train = import_path("ch05/gpt_train.py", name="gpt_train_flags")
 classifier = import_path("ch06/gpt_class_finetune.py", name="gpt_class_finetune_flags")
 instruct = import_path("ch07/gpt_instruction_finetune.py", name="gpt_instruction_finetune_flags")
-pc = import_path("ch05/previous_chapters.py", name="ch05_previous_chapters_flags")
+pc = exports("ch05")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 

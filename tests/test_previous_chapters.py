@@ -86,7 +86,7 @@ def test_generator_refuses_what_it_cannot_do_safely(toy_repo, cells, message):
 def test_same_import_twice_is_fine_and_a_replaced_import_is_dropped(toy_repo):
     write_notebook(toy_repo, "ch02/ch02.ipynb", ("import math\nfrom math import sqrt\n", ["export"]),
                    ("import cmath as sqrt\n", ["export", "replace"]))
-    text = gen.generate_all(toy_repo, report=lambda m: None)[toy_repo / "ch03" / GENERATED]
+    text = gen.build(toy_repo, "ch03", report=lambda m: None, prune=False)
     assert text.count("import math\n") == 1 and "import cmath as sqrt" in text
     assert "from math import sqrt" not in text
 
@@ -175,3 +175,53 @@ def test_every_imported_name_exists(path, code):
     available = top_level_names(path.parent / GENERATED)
     missing = imported_names(code) - available
     assert not missing, f"{path.relative_to(ROOT)} imports {sorted(missing)}, which its {GENERATED} lacks"
+
+
+@pytest.mark.parametrize("folder", gen.folders_needing(ROOT))
+def test_every_generated_definition_is_used_by_its_folder(folder):
+    """A generated file carries only what its folder's notebooks and scripts reach: every top-level
+    definition in it is imported by one of them, or needed by something that is."""
+    tree = ast.parse((ROOT / folder / GENERATED).read_text(encoding="utf-8"))
+    defs = {name: stmt for stmt in tree.body if not isinstance(stmt, (ast.Import, ast.ImportFrom))
+            for name in gen.defined_names(stmt)}
+    reached, todo = set(), sorted(gen.names_used_by(ROOT, folder) & set(defs))
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += sorted(gen.references(defs[name]) & set(defs))
+    assert sorted(set(defs) - reached) == [], f"{folder}/{GENERATED} holds definitions nothing in {folder} uses"
+    imported = {n for stmt in tree.body if isinstance(stmt, (ast.Import, ast.ImportFrom))
+                for n in gen.imported_names(stmt)}
+    needed = set().union(gen.names_used_by(ROOT, folder), *(gen.references(defs[n]) for n in reached))
+    assert sorted(imported - needed) == [], f"{folder}/{GENERATED} imports modules nothing in it uses"
+
+
+def test_teaching_code_comes_before_the_script_tooling():
+    for folder in gen.folders_needing(ROOT):
+        text = (ROOT / folder / GENERATED).read_text(encoding="utf-8")
+        sections = re.findall(r"^# ---- from (\S+) ----$", text, re.M)
+        if gen.TOOLING in sections:
+            assert sections[-1] == gen.TOOLING and sections.count(gen.TOOLING) == 1, (folder, sections)
+
+
+def test_the_generator_keeps_only_what_a_folder_reaches(toy_repo):
+    """ch03's script imports `helper` only: ch01's Model is left out, and so is an exported
+    function nobody calls; what `helper` calls comes along, even from a later cell."""
+    write_notebook(toy_repo, "ch02/ch02.ipynb",
+                   ("import os\nimport math\n\ndef unused():\n    return os.sep\n\n"
+                    "def uses_root(x):\n    root = 1  # a local, not the global below\n    return math.floor(x) + root\n", ["export"]),
+                   ("def root():\n    pass\n", ["export"]))
+    (toy_repo / "ch01" / "ch01.ipynb").write_text(json.dumps(notebook(
+        ("import math\n\ndef helper(x):\n    return uses_root(math.sqrt(x))\n", ["export"]),
+        ("class Model:\n    version = 1\n", ["export"]))))
+    (toy_repo / "ch03" / "script.py").write_text("from previous_chapters import helper\n")
+    text = gen.generate_all(toy_repo, report=lambda m: None)[toy_repo / "ch03" / GENERATED]
+    assert "def helper" in text and "def uses_root" in text
+    assert "class Model" not in text and "def unused" not in text and "def root" not in text
+    assert "import os" not in text and text.count("import math") == 1
+    namespace = {}
+    exec(text, namespace)
+    assert namespace["helper"](9) == 4
+    full = gen.build(toy_repo, "ch03", report=lambda m: None, prune=False)
+    assert "class Model" in full and "def unused" in full
