@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 assert os.environ.get("LLMS_STANDIN_WEIGHTS") == "force" and os.environ.get("LLMS_DEVICE") == "cpu", (
     "run the tests with: python -m pytest -c tests/pytest.ini --rootdir=.")
 
+# A tiny training text: ~560 tokens of very repetitive sentences, easy to learn in a few steps.
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
+             "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
+TEXT = " ".join(SENTENCES * 12)
+
+# ch05/gpt_train.py's options for a tiny, quick run on the CPU (add --text-files, --output-dir, --epochs).
+GPT_TRAIN_TINY = ["--model-size", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-freq", "2",
+                  "--eval-iter", "2", "--drop-rate", "0.0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+
 
 def import_path(relpath, name=None):
     """Import a script of a chapter folder (e.g. "ch02/bpe_from_scratch.py") as a module.
@@ -58,6 +67,14 @@ def exports(folder):
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """TEXT saved as story.txt in a folder of its own, once per test module."""
+    path = tmp_path_factory.mktemp("text") / "story.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pytest
 import tiktoken
 import torch
-from conftest import ROOT, exports, import_path
+from conftest import ROOT, TEXT, exports, import_path
 
 script = import_path("appendix-D/gpt_train_schedule.py")
 SCRIPT = ROOT / "appendix-D" / "gpt_train_schedule.py"
@@ -115,9 +115,6 @@ def test_clipping_starts_at_the_end_of_the_warmup():
 
 # ---- train_model on a tiny configuration ----
 
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
-             "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
-TEXT = " ".join(SENTENCES * 12)  # ~560 tokens of very repetitive text: easy to learn
 TINY = {"vocab_size": 50257, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": False}
 
@@ -196,14 +193,7 @@ def test_train_model_rejects_bad_settings():
         run(1, warmup_steps=1, min_lr=1.0)
 
 
-# ---- the headless script ----
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "story.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
+# ---- the headless script (the text_file fixture is in conftest.py) ----
 
 SCRIPT_TINY = ["--model-size", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-freq", "4",
                "--eval-iter", "2", "--drop-rate", "0.0", "--device", "cpu", "--no-progress"]

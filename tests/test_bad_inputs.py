@@ -7,13 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, exports, import_path
-
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
-             "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
-TEXT = " ".join(SENTENCES * 12)
-TINY = ["--model-size", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-freq", "2",
-        "--eval-iter", "2", "--drop-rate", "0.0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+from conftest import ROOT, TEXT, exports, import_path
+from conftest import GPT_TRAIN_TINY as TINY  # gpt_train.py's options for a tiny run
 
 # (script, arguments, the argument the error must name); {tmp} is a fresh folder, {text} a tiny text
 CASES = [

@@ -9,32 +9,21 @@ import numpy as np
 import pytest
 import tiktoken
 import torch
-from conftest import ROOT, import_path
+from conftest import GPT_TRAIN_TINY, ROOT, SENTENCES, import_path
 
 train = import_path("ch05/gpt_train.py")
 gen = import_path("ch05/gpt_generate.py")
-
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
-             "Every effort moves you closer to the goal.", "She sells sea shells by the sea shore."]
-TEXT = " ".join(SENTENCES * 12)  # ~560 tokens of very repetitive text: easy to learn
-TINY = ["--model-size", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-freq", "2",
-        "--eval-iter", "2", "--drop-rate", "0.0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+# the text_file fixture is in conftest.py
 
 
 def train_losses(output):
     return [float(x) for x in re.findall(r"train loss (\d+\.\d+)", output)]
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "story.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
 def test_train_tiny_writes_checkpoint_plot_samples_and_resumes(text_file, tmp_path, capsys):
     out_dir = tmp_path / "run"
-    assert train.main(["--text-files", str(text_file), "--epochs", "2", "--output-dir", str(out_dir)] + TINY) == 0
+    assert train.main(["--text-files", str(text_file), "--epochs", "2", "--output-dir", str(out_dir)]
+                      + GPT_TRAIN_TINY) == 0
     output = capsys.readouterr().out
     losses = train_losses(output)
     assert len(losses) >= 4 and losses[-1] < losses[0] - 1.0  # the loss falls
@@ -46,7 +35,7 @@ def test_train_tiny_writes_checkpoint_plot_samples_and_resumes(text_file, tmp_pa
 
     # --resume continues from epoch 2 up to --epochs 3 with the restored model and optimizer
     assert train.main(["--text-files", str(text_file), "--epochs", "3", "--output-dir", str(out_dir),
-                       "--resume", str(out_dir / "model_and_optimizer.pth")] + TINY) == 0
+                       "--resume", str(out_dir / "model_and_optimizer.pth")] + GPT_TRAIN_TINY) == 0
     output = capsys.readouterr().out
     assert "resumed from model_and_optimizer.pth after epoch 2" in output and "epoch 3:" in output
     resumed = torch.load(out_dir / "model_and_optimizer.pth", weights_only=True)
@@ -54,7 +43,7 @@ def test_train_tiny_writes_checkpoint_plot_samples_and_resumes(text_file, tmp_pa
     assert resumed["train_losses"][-1] < losses[0]
 
     # --resume with another configuration: a clear error naming what differs
-    other = [a if a != "16" else "32" for a in TINY]
+    other = [a if a != "16" else "32" for a in GPT_TRAIN_TINY]
     with pytest.raises(ValueError, match=r"another configuration.*context_length 16 vs 32"):
         train.main(["--text-files", str(text_file), "--epochs", "4", "--output-dir", str(out_dir),
                     "--resume", str(out_dir / "model_and_optimizer.pth")] + other)
@@ -64,11 +53,11 @@ def test_train_bad_input_gives_clear_errors(text_file, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text(" ".join(SENTENCES), encoding="utf-8")  # ~45 tokens: 2 training windows of 17
     with pytest.raises(ValueError, match=r"fewer than one batch of 4 per process"):
-        train.main(["--text-files", str(short), "--output-dir", str(tmp_path)] + TINY + ["--batch-size", "4"])
+        train.main(["--text-files", str(short), "--output-dir", str(tmp_path)] + GPT_TRAIN_TINY + ["--batch-size", "4"])
     with pytest.raises(ValueError, match=r"validation split has \d+ tokens, but one window needs"):
-        train.main(["--text-files", str(short), "--output-dir", str(tmp_path)] + TINY)
+        train.main(["--text-files", str(short), "--output-dir", str(tmp_path)] + GPT_TRAIN_TINY)
     with pytest.raises(ValueError, match="text file not found"):
-        train.main(["--text-files", str(tmp_path / "missing.txt")] + TINY)
+        train.main(["--text-files", str(tmp_path / "missing.txt")] + GPT_TRAIN_TINY)
     with pytest.raises(SystemExit):
         train.main(["--model-size", "huge"])
     assert "valid sizes: tiny, 124M, 355M, 774M, 1558M" in capsys.readouterr().err
@@ -120,7 +109,7 @@ def test_ddp_two_cpu_processes(text_file, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "ch05/gpt_train.py"), "--text-files", str(text_file), "--epochs", "3",
-           "--output-dir", str(out_dir)] + TINY
+           "--output-dir", str(out_dir)] + GPT_TRAIN_TINY
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "processes 2" in res.stdout
