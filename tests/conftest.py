@@ -28,6 +28,10 @@ TEXT = " ".join(SENTENCES * 12)
 GPT_TRAIN_TINY = ["--model-size", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-freq", "2",
                   "--eval-iter", "2", "--drop-rate", "0.0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
 
+# A tiny GPT with GPT-2's vocabulary and its qkv_bias (the shape of OpenAI's checkpoints), no dropout.
+TINY_GPT2_CONFIG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+                    "drop_rate": 0.0, "qkv_bias": True}
+
 
 def import_path(relpath, name=None):
     """Import a script of a chapter folder (e.g. "ch02/bpe_from_scratch.py") as a module.

@@ -5,20 +5,16 @@ import math
 
 import pytest
 import torch
-from conftest import exports
+from conftest import TINY_GPT2_CONFIG, exports
 
 pc = exports("appendix-E")
-
-TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
-        "drop_rate": 0.0, "qkv_bias": True}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def tiny_classifier(seed=0, **overrides):
     torch.manual_seed(seed)
-    model = pc.GPTModel({**TINY, **overrides})
+    model = pc.GPTModel({**TINY_GPT2_CONFIG, **overrides})
     return pc.prepare_classifier(model, num_classes=2).eval()
 
 
@@ -41,7 +37,7 @@ def randomise_b(model, seed=2):
 
 def batch(seed=3, n=3, length=7):
     torch.manual_seed(seed)
-    return torch.randint(0, TINY["vocab_size"], (n, length))
+    return torch.randint(0, TINY_GPT2_CONFIG["vocab_size"], (n, length))
 
 
 def test_with_b_at_zero_the_wrapped_model_equals_the_base():
@@ -55,7 +51,7 @@ def test_with_b_at_zero_the_wrapped_model_equals_the_base():
 
 def test_every_linear_is_wrapped_once():
     model = lora_classifier()
-    n_linear = 6 * TINY["n_layers"] + 1  # q, k, v, out_proj, two feed-forward layers per block; the head
+    n_linear = 6 * TINY_GPT2_CONFIG["n_layers"] + 1  # q, k, v, out_proj, two feed-forward layers per block; the head
     assert len(pc.lora_layers(model)) == n_linear
     pc.replace_linear_with_lora(model, rank=4, alpha=8)  # again: no adapter on top of an adapter
     assert len(pc.lora_layers(model)) == n_linear
@@ -141,7 +137,7 @@ def test_adapter_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.pth"]  # no temporary file left
     fresh = tiny_classifier(seed=0)
     torch.manual_seed(99)
-    fresh.out_head = torch.nn.Linear(TINY["emb_dim"], 2)  # a head of another initial value
+    fresh.out_head = torch.nn.Linear(TINY_GPT2_CONFIG["emb_dim"], 2)  # a head of another initial value
     pc.load_adapter(fresh, path)
     x = batch()
     with torch.no_grad():
@@ -156,7 +152,7 @@ def test_adapter_holds_only_lora_and_head_tensors(tmp_path):
     data = torch.load(pc.save_adapter(model, tmp_path / "a.pth"), weights_only=True)
     names = set(data["tensors"])
     assert all(".lora." in n or n.startswith("out_head.") for n in names)
-    assert sum(t.numel() for t in data["tensors"].values()) == 2376 + TINY["emb_dim"] * 2 + 2
+    assert sum(t.numel() for t in data["tensors"].values()) == 2376 + TINY_GPT2_CONFIG["emb_dim"] * 2 + 2
 
 
 def test_adapter_for_another_configuration_names_the_differing_keys(tmp_path):
@@ -211,7 +207,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("rank", [1, 4, 16])
 def test_trainable_counts_by_hand(rank):
-    d, n_layers = TINY["emb_dim"], TINY["n_layers"]
+    d, n_layers = TINY_GPT2_CONFIG["emb_dim"], TINY_GPT2_CONFIG["n_layers"]
     # per block: 4 projections d -> d, feed-forward d -> 4d and 4d -> d; the head d -> 2
     per_block = 4 * rank * (d + d) + rank * (d + 4 * d) + rank * (4 * d + d)
     expected = n_layers * per_block + rank * (d + 2)

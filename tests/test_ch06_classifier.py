@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import tiktoken
 import torch
-from conftest import exports
+from conftest import TINY_GPT2_CONFIG, exports
 from torch.utils.data import DataLoader
 
 pc = exports("ch06")
@@ -13,9 +13,6 @@ tokenizer = tiktoken.get_encoding("gpt2")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
-
-TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
-        "drop_rate": 0.0, "qkv_bias": True}
 
 
 def collection(n_ham=50, n_spam=12):
@@ -27,7 +24,7 @@ def collection(n_ham=50, n_spam=12):
 
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return pc.GPTModel({**TINY, **overrides}).eval()
+    return pc.GPTModel({**TINY_GPT2_CONFIG, **overrides}).eval()
 
 
 def test_balancing_and_splitting():
@@ -84,7 +81,7 @@ def test_padding_and_truncation():
 ])
 def test_which_parameters_train(choice, modules):
     model = pc.prepare_classifier(tiny_model(n_layers=2), num_classes=2, trainable=choice)
-    assert model.out_head.out_features == 2 and model.out_head.in_features == TINY["emb_dim"]
+    assert model.out_head.out_features == 2 and model.out_head.in_features == TINY_GPT2_CONFIG["emb_dim"]
     for name, param in model.named_parameters():
         expected = modules is None or any(name.startswith(m + ".") for m in modules)
         assert param.requires_grad == expected, name
