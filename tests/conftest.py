@@ -5,6 +5,7 @@
 import functools
 import importlib.util
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +72,19 @@ def exports(folder):
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+def free_port():
+    """A local TCP port that nothing listens on now (for a launcher's --master_port, or a refused URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_thread_env(**extra):
+    """The environment for a script run as a subprocess: one thread (tiny models gain nothing from
+    more, and a busy machine is spared), plus the given variables."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ as a single process (--nproc-per-node 1), and unit-tests its argument checks thr
 """
 import os
 import re
-import socket
 import subprocess
 import sys
 from argparse import Namespace
 
 import pytest
 
-from conftest import ROOT, import_path
+from conftest import ROOT, free_port, import_path
 
 SCRIPT = ROOT / "appendix-A" / "DDP-script.py"
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -20,12 +19,6 @@ TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER
 EPOCH = re.compile(r"^\[rank (\d)\] epoch (\d+)/\d+ \| examples \[([\d, ]+)\] \| batches (\d+) \| train loss (\d+\.\d{4})$")
 CHECKSUM = re.compile(r"^\[rank (\d)\] weights checksum (-?\d+\.\d{4})$")
 ACCURACY = re.compile(r"^\[rank (\d)\] train accuracy (\d\.\d{4}) \| test accuracy (\d\.\d{4})$")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env():
@@ -62,7 +55,7 @@ def two_process_output():
 
 def test_torchrun_runs_the_same_training(two_process_output):
     lines = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                  f"--master_port={_free_port()}", str(SCRIPT)])
+                  f"--master_port={free_port()}", str(SCRIPT)])
     assert sorted(_parse(lines)[0].items()) == sorted(_parse(two_process_output)[0].items())
     assert _parse(lines)[1] == _parse(two_process_output)[1]  # the same checksums
 

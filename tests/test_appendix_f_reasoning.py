@@ -1,12 +1,11 @@
 """Appendix F: the addition task and its verifier, majority vote, GRPO's pieces, and
 train_reasoner.py end to end on tiny settings."""
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, exports, import_path
+from conftest import ROOT, exports, import_path, one_thread_env
 
 F = exports("appendix-F")  # the notebook's exported code
 script = import_path("appendix-F/train_reasoner.py")
@@ -125,8 +124,8 @@ def test_grpo_loss_clips_ratio():
 
 
 def run(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is as fast, and fair to a busy machine
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          env=one_thread_env())
 
 
 TINY = ["--digits", "2", "--n-train", "1500", "--n-test", "100", "--emb-dim", "32", "--device", "cpu",

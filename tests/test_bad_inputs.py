@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TEXT, exports, import_path
+from conftest import ROOT, TEXT, exports, free_port, import_path, one_thread_env
 from conftest import GPT_TRAIN_TINY as TINY  # gpt_train.py's options for a tiny run
 
 # (script, arguments, the argument the error must name); {tmp} is a fresh folder, {text} a tiny text
@@ -556,9 +556,6 @@ def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
 # --resume keeping the checkpoint's optimizer settings unless typed. The scripts start their own
 # processes (--nproc-per-node, ch01/how-the-scripts-are-built.ipynb's launch): bad arguments stop in the parent
 # before any process starts; an error in the processes ends as one `error:` line and exit code 2.
-import os  # noqa: E402
-import socket  # noqa: E402
-
 CASES_LAUNCH = [
     ("appendix-A/DDP-script.py", ["--epochs", "0"], "--epochs"),  # two processes by default
     ("appendix-A/DDP-script.py", ["--nproc-per-node", "0"], "--nproc-per-node"),
@@ -583,9 +580,7 @@ def test_launched_processes_fail_with_one_clear_error(script, args, flag, tmp_pa
 
 def test_under_torchrun_only_rank_0_reports_a_bad_argument(tmp_path):
     # torchrun still adds its own ChildFailedError report; the script's own error appears once
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              f"--master_port={port}", str(ROOT / "appendix-A/DDP-script.py"),
                              "--epochs", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -633,7 +628,7 @@ if __name__ == "__main__":
 def run_nan_on_rank_1(script, patch, args, tmp_path):
     wrapper = tmp_path / "nan_on_rank_1.py"
     wrapper.write_text(NAN_ON_RANK_1.format(script=str(ROOT / script), patch=patch), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / script.split("/")[0]), "OMP_NUM_THREADS": "1"}
+    env = one_thread_env(PYTHONPATH=str(ROOT / script.split("/")[0]))
     return subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env=env)
 

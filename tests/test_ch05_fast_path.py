@@ -1,6 +1,5 @@
 """The fast path of ch05/fast-path.ipynb against the chapter's model, and ch05/bench_vs_hf.py."""
 import importlib.util
-import os
 import subprocess
 import sys
 from unittest import mock
@@ -8,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, exports, import_path
+from conftest import ROOT, exports, import_path, one_thread_env
 
 pc = exports("ch05")
 BENCH = str(ROOT / "ch05" / "bench_vs_hf.py")
@@ -147,7 +146,7 @@ def test_autocast_chooses_bf16_only_where_supported():
 
 def run_bench(*args, python=sys.executable):
     return subprocess.run([python, BENCH, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=one_thread_env())
 
 
 TINY = ["--model-size", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "1", "--warmup", "0",
@@ -158,7 +157,7 @@ def test_bench_runs_without_transformers(tmp_path):
     blocker = tmp_path / "transformers.py"  # shadows an installed transformers: import fails
     blocker.write_text("raise ImportError('hidden by the test')\n")
     run = subprocess.run([sys.executable, BENCH, *TINY], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)})
+                         env=one_thread_env(PYTHONPATH=str(tmp_path)))
     assert run.returncode == 0, run.stderr[-2000:]
     assert "pip install transformers" in run.stdout
     assert "fast path (tied head)" in run.stdout and "greedy ids of every model agree: True" in run.stdout

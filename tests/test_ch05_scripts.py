@@ -1,6 +1,5 @@
 """Chapter 5 scripts: gpt_train.py (single process, resume, bad input, 2-process DDP on the CPU)
 and gpt_generate.py (a Hugging Face safetensors file). Tiny configurations only; no downloads."""
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import tiktoken
 import torch
-from conftest import GPT_TRAIN_TINY, ROOT, SENTENCES, import_path
+from conftest import GPT_TRAIN_TINY, ROOT, SENTENCES, import_path, one_thread_env
 
 train = import_path("ch05/gpt_train.py")
 gen = import_path("ch05/gpt_generate.py")
@@ -106,7 +105,7 @@ def test_generate_with_safetensors_file(tmp_path):
 
 def test_ddp_two_cpu_processes(text_file, tmp_path):
     out_dir = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = one_thread_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "ch05/gpt_train.py"), "--text-files", str(text_file), "--epochs", "3",
            "--output-dir", str(out_dir)] + GPT_TRAIN_TINY

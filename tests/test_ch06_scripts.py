@@ -2,7 +2,6 @@
 CSV files and writes its outputs, classify.py reads the checkpoint (arguments and standard input),
 and bad input gives one clear error line without a traceback. No downloads."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -10,14 +9,14 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, import_path
+from conftest import ROOT, import_path, one_thread_env
 
 finetune = import_path("ch06/gpt_class_finetune.py")
 classify = import_path("ch06/classify.py")
 FINETUNE, CLASSIFY = str(ROOT / "ch06" / "gpt_class_finetune.py"), str(ROOT / "ch06" / "classify.py")
 TINY = ["--model-size", "tiny", "--trainable", "all", "--lr", "2e-3", "--epochs", "3", "--eval-freq", "4",
         "--eval-iter", "2", "--device", "cpu", "--no-progress"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the scripts' subprocesses: one thread too
+ENV = one_thread_env()  # the scripts' subprocesses: one thread too
 LINE = re.compile(r"^(spam|ham) (0\.\d{3}|1\.000)  (.+)$")
 
 

@@ -3,7 +3,6 @@ speaks Ollama's /api/chat and the OpenAI-compatible /v1/chat/completions: scores
 without a number counted, HTTP 500, malformed JSON, a timeout, and a server that is down."""
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import ROOT, exports, import_path
+from conftest import ROOT, exports, free_port, import_path
 
 pc = exports("ch07")
 TIMEOUT = 0.4  # the client's timeout in these tests; the slow reply takes 1.5 s
@@ -116,12 +115,6 @@ def test_endpoint_urls_and_default_url(monkeypatch):
 def test_parse_score():
     assert [pc.parse_score(r) for r in ["85", " 7 ", "Score: 92/100", "99.6", "no idea", "", "101", "-5", None]] == \
         [85, 7, 92, 100, None, None, None, None, None]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_down():

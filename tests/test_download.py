@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import io
 import os
-import socket
 import threading
 import types
 import zipfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from generate_previous_chapters import ROOT, exported_cells, exporting_notebooks
 
 PAYLOAD = b"I HAD always thought Jack Gisburn rather a cheap genius\n" * 50
@@ -79,10 +79,7 @@ def no_mirror(monkeypatch):
 
 def dead_url():
     """A URL on a local port that nothing listens on: the connection is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/gone.txt"
+    return f"http://127.0.0.1:{free_port()}/gone.txt"
 
 
 def remote(*urls, sha256=SHA, **kw):

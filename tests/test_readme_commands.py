@@ -6,16 +6,14 @@ scratch folder (so relative output paths such as runs/ land there, and a command
 earlier one wrote, as a reader following the README would). A new command in the README fails
 `test_every_readme_command_is_covered` until it is added to COMMANDS below.
 """
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port, one_thread_env
 
 # README command -> options appended in the test (to keep it small), or None when the test does
 # not run it (it is what CI itself runs, or it installs packages).
@@ -70,12 +68,6 @@ def test_every_readme_command_is_covered():
     assert not stale, f"entries for commands the README no longer shows: {stale}"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def argv_for(command, extra):
     """The command's words with this interpreter, and the repository's scripts by absolute path."""
     argv = shlex.split(command) + list(extra)
@@ -100,7 +92,7 @@ def workdir(tmp_path_factory):
 def test_readme_command_runs_as_typed(command, workdir):
     argv = argv_for(command, COMMANDS[command])
     run = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=600, input="",
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env=one_thread_env())
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{command!r} exited {run.returncode}:\n{output[-3000:]}"
     assert "Traceback" not in output, output[-3000:]
