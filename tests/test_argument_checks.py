@@ -1,4 +1,4 @@
-"""Issue 19: the notebooks' exported functions check their arguments, since a learner calls them
+"""The notebooks' exported functions check their arguments, since a learner calls them
 directly. Each row calls one function with a bad argument and expects a ValueError (or TypeError)
 whose message names the argument and the value, instead of a ZeroDivisionError, a shape error
 deep inside PyTorch, or a silently wrong result."""

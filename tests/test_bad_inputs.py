@@ -1,4 +1,4 @@
-"""Issue 19's table of bad inputs: each script, run as a learner would, must stop before any work
+"""A table of bad inputs: each script, run as a learner would, must stop before any work
 with one line `error: ...` naming the argument, exit code 2 and no traceback, and must leave a
 file already in its output location unchanged. Plus: --resume with a new --lr applies it, and a
 checkpoint save that fails halfway leaves the previous checkpoint loadable."""
@@ -215,8 +215,8 @@ def test_resume_into_the_folder_keeps_the_samples_and_overwrite_replaces_them(tr
     assert [p.name for p in ckpt_path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left over
 
 
-# ---- output folders and files (issue 19: outputs are checked first, never silently overwritten,
-# and written atomically). Each script is refused, before any work, an output folder that already
+# ---- output folders and files: outputs are checked first, never silently overwritten, and
+# written atomically. Each script is refused, before any work, an output folder that already
 # holds one of its outputs (an output file that exists, for train_reasoner.py --output), an output
 # path that is (or lies under) a file, and one that cannot be created (/proc); the files already
 # there are unchanged and nothing is created. Then: every kind of save (torch.save, JSON, PNG)
@@ -357,8 +357,9 @@ def test_a_save_failing_halfway_leaves_the_previous_file_and_no_temp_file(script
             assert after[name] == before[name], name  # the earlier file whole (or the same bytes again)
 
 
-# ---- issue 19, "one loader": every script that reads a checkpoint, given files that are not the one it
-# needs (chapter 1's read_checkpoint / load_weights). (script, flag, file, phrase the error line must hold)
+# ---- one loader for checkpoints: every script that reads a checkpoint, given a file that is not the one it
+# needs, stops with one error line (chapter 1's read_checkpoint / load_weights) naming the flag and what is
+# wrong, and leaves the file as it was. (script, flag, file, phrase the error line must hold)
 CASES_LOADER = [
     ("ch04/gpt_with_kv_cache.py", "--checkpoint", "missing.pth", "checkpoint not found"),
     ("ch04/gpt_with_kv_cache.py", "--checkpoint", "folder", "checkpoint not found (it is a folder)"),
@@ -455,8 +456,10 @@ def test_a_file_that_is_not_the_checkpoint_a_script_needs_is_a_clear_error(scrip
     assert not (tmp_path / "run").exists()  # gpt_train.py: stopped before any work
 
 
-# ---- issue 19, items 10, 11, 12b, 13: text files, the BPE script, the benches, devices, downloads, memory
-# (script, arguments, the argument the error must name). Placeholders: {tmp} the test's folder (cwd),
+# ---- text files, the BPE script, the benches, devices, downloads, memory: a bad file, device or size
+# stops with one error line naming the argument, and changes no file (the download helper may repair a
+# known file). (script, arguments, the argument the error must name).
+# Placeholders: {tmp} the test's folder (cwd),
 # {text} a UTF-8 story, {latin1} a text saved as Latin-1, {nul} UTF-8 with a NUL byte, {binary} a PNG
 # header, {folder} an empty folder, {existing} a file that must stay, {json} JSON that is no tokenizer,
 # {malformed} a tokenizer file with the format tag but a number for its vocabulary, {gpt2} a models
@@ -552,7 +555,7 @@ def test_bad_file_device_or_size_is_a_clear_error(script, args, flag, tmp_path):
     assert after == {k: v for k, v in before.items() if k not in repaired}  # nothing changed or created
 
 
-# ---- Launching several processes (issue 19, item 14), agreeing on a non-finite loss, and
+# ---- Launching several processes, agreeing on a non-finite loss, and
 # --resume keeping the checkpoint's optimizer settings unless typed. The scripts start their own
 # processes (--nproc-per-node, ch01/how-the-scripts-are-built.ipynb's launch): bad arguments stop in the parent
 # before any process starts; an error in the processes ends as one `error:` line and exit code 2.
