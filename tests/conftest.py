@@ -5,7 +5,6 @@
 import functools
 import importlib.util
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +33,15 @@ TINY_GPT2_CONFIG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 16, "n
                     "drop_rate": 0.0, "qkv_bias": True}
 
 
+def _load_module(path, name):
+    """Execute the Python file at `path` as the module `name` (registered in sys.modules)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def import_path(relpath, name=None):
     """Import a script of a chapter folder (e.g. "ch02/bpe_from_scratch.py") as a module.
 
@@ -46,10 +54,7 @@ def import_path(relpath, name=None):
     saved = sys.modules.pop("previous_chapters", None)
     sys.path.insert(0, folder)
     try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module = _load_module(path, name)
     finally:
         sys.path.remove(folder)
         sys.modules.pop("previous_chapters", None)
@@ -67,18 +72,13 @@ def exports(folder):
 
     path = Path(tempfile.mkdtemp(prefix="exports-")) / f"{folder.replace('-', '_')}_exports.py"
     path.write_text(gen.build(ROOT, folder, report=lambda message: None, prune=False), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load_module(path, path.stem)
 
 
 def free_port():
-    """A local TCP port that nothing listens on now (for a launcher's --master_port, or a refused URL)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local TCP port that nothing listens on now (for a launcher's --master_port, or a refused URL):
+    the tooling notebook's own free_port, which launch uses."""
+    return exports("ch01").free_port()
 
 
 def one_thread_env(**extra):
